@@ -1,0 +1,116 @@
+"""PyTorch baseline for the LoRA training-step benchmark.
+
+Measures one LoRA training step (forward, backward, AdamW step, zero_grad) of a
+random-weight LlamaForCausalLM "small" preset on CPU:
+
+    vocab 8192, hidden 384, intermediate 1024, 6 layers, 6 heads, 2 kv heads,
+    seq 256, batch 8, float32, peft LoRA r=8 / alpha=16 / dropout 0 on all seven
+    projections (q,k,v,o,gate,up,down), loss = model(input_ids, labels=input_ids).loss
+    on uniformly random token ids, AdamW(lr=1e-4) over the LoRA parameters only.
+
+torch.set_num_threads(os.cpu_count()) unless --threads is given. Runs --warmup steps
+(default 2), then times --steps steps (default 5) and prints ONE JSON line:
+
+    {"framework": "torch", "torch": ..., "threads": ..., "attn": ..., "batch": ...,
+     "seq": ..., "steps": ..., "tokens_per_s": ..., "step_ms_mean": ...,
+     "step_ms_min": ..., "peak_rss_mib": ...}
+
+tokens_per_s = batch * seq / mean step time; peak_rss_mib from resource.getrusage
+(ru_maxrss, whole process, including model construction).
+
+Usage:  /work/pyvenv/bin/python scripts/bench_torch.py [--steps 5] [--attn sdpa|eager]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _pins import check_versions  # noqa: E402
+
+check_versions()
+
+import torch  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+SMALL = dict(
+    vocab_size=8192,
+    hidden_size=384,
+    intermediate_size=1024,
+    num_hidden_layers=6,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    rms_norm_eps=1e-5,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    tie_word_embeddings=False,
+)
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
+    ap.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa", help="attention implementation")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    config = LlamaConfig(**SMALL)
+    config._attn_implementation = args.attn
+    model = LlamaForCausalLM(config).to(torch.float32)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, bias="none",
+                      task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    input_ids = torch.randint(0, SMALL["vocab_size"], (args.batch, args.seq))
+
+    def step() -> float:
+        loss = model(input_ids=input_ids, labels=input_ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+
+    mean = sum(times) / len(times)
+    result = {
+        "framework": "torch",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "attn": args.attn,
+        "batch": args.batch,
+        "seq": args.seq,
+        "steps": args.steps,
+        "trainable_params": sum(p.numel() for p in params),
+        "tokens_per_s": args.batch * args.seq / mean,
+        "step_ms_mean": mean * 1e3,
+        "step_ms_min": min(times) * 1e3,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

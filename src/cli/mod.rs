@@ -1,0 +1,36 @@
+//! Command-line front end. The library computes; this module parses flags, picks the backend
+//! chosen at compile time (`lalora_backends::Backend`) and renders reports.
+
+mod args;
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+pub use args::*;
+
+/// The backend this binary was built for (cargo features `flex`, `ndarray`, `wgpu`, `cuda`).
+pub type B = lalora_backends::Backend;
+
+/// LoRA fine-tuning of Llama models without forgetting (LaLoRA, arXiv 2512.17720).
+#[derive(Parser, Debug)]
+#[command(name = "lalora", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Score JSONL text with a model (and adapter): NLL per token and perplexity.
+    Eval(commands::eval::EvalArgs),
+    /// Generate text from a prompt, greedily or by sampling, with the KV cache.
+    Generate(commands::generate::GenerateArgs),
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Generate(args) => commands::generate::run(args),
+    }
+}

@@ -1,0 +1,160 @@
+//! JSONL records. Each line is one JSON object; its fields decide its kind.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// One record of a data file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// `{"text": ...}`: language modelling on every token.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// `{"prompt": ..., "completion": ...}` (or MetaMathQA's `query`/`response`): loss on the
+    /// completion only.
+    PromptCompletion {
+        /// Conditioning text (no loss).
+        prompt: String,
+        /// Scored text.
+        completion: String,
+    },
+    /// `{"context": ..., "choices": [...], "label": i}`: scored by log-likelihood per choice.
+    MultipleChoice {
+        /// The shared prefix.
+        context: String,
+        /// Candidate continuations.
+        choices: Vec<String>,
+        /// Index of the right choice.
+        label: usize,
+    },
+    /// `{"prompt": ..., "answer": ...}`: greedy generation, exact match of the extracted answer.
+    Generation {
+        /// The question.
+        prompt: String,
+        /// The reference answer.
+        answer: String,
+    },
+}
+
+impl Record {
+    /// Short name of the kind, as used in reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::Text { .. } => "text",
+            Record::PromptCompletion { .. } => "prompt-completion",
+            Record::MultipleChoice { .. } => "multiple-choice",
+            Record::Generation { .. } => "generation",
+        }
+    }
+
+    fn parse(value: &Value) -> std::result::Result<Record, String> {
+        let obj = value.as_object().ok_or("expected a JSON object")?;
+        let string = |key: &str| -> std::result::Result<Option<String>, String> {
+            match obj.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(format!("field `{key}` must be a string")),
+            }
+        };
+        if let Some(text) = string("text")? {
+            return Ok(Record::Text { text });
+        }
+        if let Some(context) = string("context")? {
+            let choices = obj
+                .get("choices")
+                .and_then(Value::as_array)
+                .ok_or("field `choices` must be a list of strings")?
+                .iter()
+                .map(|c| c.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or("field `choices` must be a list of strings")?;
+            if choices.len() < 2 {
+                return Err("field `choices` needs at least two entries".into());
+            }
+            let label = obj.get("label").and_then(Value::as_u64).ok_or("field `label` must be a non-negative integer")?
+                as usize;
+            if label >= choices.len() {
+                return Err(format!("field `label` is {label} but there are {} choices", choices.len()));
+            }
+            return Ok(Record::MultipleChoice { context, choices, label });
+        }
+        let prompt = string("prompt")?.or(string("query")?);
+        if let Some(prompt) = prompt {
+            if let Some(completion) = string("completion")?.or(string("response")?) {
+                return Ok(Record::PromptCompletion { prompt, completion });
+            }
+            if let Some(answer) = string("answer")? {
+                return Ok(Record::Generation { prompt, answer });
+            }
+            // An answer given as a number is common in math sets.
+            if let Some(n) = obj.get("answer").filter(|v| v.is_number()) {
+                return Ok(Record::Generation { prompt, answer: n.to_string() });
+            }
+            return Err("a `prompt` needs a `completion` (or `response`) or an `answer`".into());
+        }
+        Err("no known fields: expected `text`, `prompt`+`completion`, `query`+`response`, \
+             `context`+`choices`+`label`, or `prompt`+`answer`"
+            .into())
+    }
+}
+
+/// Reads every record of a JSONL file with its 1-based line number. Blank lines are skipped;
+/// a malformed line is an error naming the file and line.
+pub fn read_records(path: &Path) -> Result<Vec<(usize, Record)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut records = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |reason: String| Error::BadRecord { path: path.to_path_buf(), line: i + 1, reason };
+        let value: Value = serde_json::from_str(line).map_err(|e| bad(format!("malformed JSON: {e}")))?;
+        records.push((i + 1, Record::parse(&value).map_err(bad)?));
+    }
+    if records.is_empty() {
+        return Err(Error::EmptyData { path: path.to_path_buf(), reason: "holds no records".into() });
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> std::result::Result<Record, String> {
+        Record::parse(&serde_json::from_str(line).unwrap())
+    }
+
+    #[test]
+    fn kinds_are_recognised_by_their_fields() {
+        assert_eq!(parse(r#"{"text": "a"}"#).unwrap().kind(), "text");
+        assert_eq!(parse(r#"{"prompt": "a", "completion": "b"}"#).unwrap().kind(), "prompt-completion");
+        assert_eq!(parse(r#"{"query": "a", "response": "b"}"#).unwrap().kind(), "prompt-completion");
+        assert_eq!(parse(r#"{"context": "a", "choices": ["b", "c"], "label": 1}"#).unwrap().kind(), "multiple-choice");
+        assert_eq!(parse(r#"{"prompt": "a", "answer": "4"}"#).unwrap().kind(), "generation");
+        assert_eq!(parse(r#"{"prompt": "a", "answer": 4}"#).unwrap(), Record::Generation { prompt: "a".into(), answer: "4".into() });
+    }
+
+    #[test]
+    fn bad_records_say_what_is_wrong() {
+        assert!(parse(r#"{"txt": "a"}"#).unwrap_err().contains("no known fields"));
+        assert!(parse(r#"{"text": 3}"#).unwrap_err().contains("`text`"));
+        assert!(parse(r#"{"context": "a", "choices": ["b", "c"], "label": 2}"#).unwrap_err().contains("`label`"));
+    }
+
+    #[test]
+    fn file_errors_name_the_line() {
+        let dir = std::env::temp_dir().join(format!("lalora-jsonl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.jsonl");
+        std::fs::write(&path, "{\"text\": \"ok\"}\n\n{\"text\": \"ok\"\n").unwrap();
+        let e = read_records(&path).unwrap_err().to_string();
+        assert!(e.contains("d.jsonl:3:") && e.contains("malformed JSON"), "{e}");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(read_records(&path).unwrap_err().to_string().contains("no records"));
+    }
+}

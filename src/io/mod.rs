@@ -1,0 +1,8 @@
+//! Files in and out: safetensors checkpoints, PEFT adapters, JSON, atomic writes.
+
+pub mod files;
+pub mod peft;
+pub mod safetensors;
+
+pub use files::{read_json, write_atomic, write_json_atomic};
+pub use self::safetensors::{save_tensors, TensorFiles};

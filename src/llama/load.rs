@@ -1,0 +1,186 @@
+//! Building a [`Llama`] from an HF model directory, from random weights, and saving one.
+
+use std::path::Path;
+
+use burn::module::Param;
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+use super::config::LlamaConfig;
+use super::model::{Attention, DecoderLayer, Llama, Mlp, RmsNorm};
+use crate::error::{Error, Result};
+use crate::io::{save_tensors, write_json_atomic, TensorFiles};
+use crate::lora::{frozen_param, init_adapter, InitRng, LoraConfig, LoraLinear};
+
+/// Where a model's weights come from.
+trait WeightSource<B: Backend> {
+    fn matrix(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>>;
+    fn vector(&mut self, name: &str, len: usize) -> Result<Tensor<B, 1>>;
+}
+
+struct Checkpoint<'a, B: Backend> {
+    files: &'a TensorFiles,
+    device: &'a B::Device,
+}
+
+impl<B: Backend> WeightSource<B> for Checkpoint<'_, B> {
+    fn matrix(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>> {
+        Ok(Tensor::from_data(self.files.read_f32(name, &shape)?, self.device))
+    }
+    fn vector(&mut self, name: &str, len: usize) -> Result<Tensor<B, 1>> {
+        Ok(Tensor::from_data(self.files.read_f32(name, &[len])?, self.device))
+    }
+}
+
+/// HF's init: normal(0, 0.02) matrices, unit norms.
+struct RandomInit<'a, B: Backend> {
+    rng: InitRng,
+    device: &'a B::Device,
+}
+
+impl<B: Backend> WeightSource<B> for RandomInit<'_, B> {
+    fn matrix(&mut self, _name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>> {
+        let values = self.rng.normal(shape[0] * shape[1], 0.02);
+        Ok(Tensor::from_data(TensorData::new(values, shape), self.device))
+    }
+    fn vector(&mut self, _name: &str, len: usize) -> Result<Tensor<B, 1>> {
+        Ok(Tensor::ones([len], self.device))
+    }
+}
+
+fn build<B: Backend>(config: &LlamaConfig, source: &mut impl WeightSource<B>, lm_head_stored: bool) -> Result<Llama<B>> {
+    let c = config;
+    let (hidden, inter, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+    let q_dim = c.num_attention_heads * d;
+    let kv_dim = c.num_key_value_heads * d;
+    let norm = |source: &mut dyn WeightSource<B>, name: String| -> Result<RmsNorm<B>> {
+        Ok(RmsNorm { weight: frozen_param(source.vector(&name, hidden)?), eps: c.rms_norm_eps })
+    };
+    let mut layers = Vec::with_capacity(c.num_hidden_layers);
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let mut proj = |name: &str, shape: [usize; 2]| -> Result<LoraLinear<B>> {
+            Ok(LoraLinear::frozen(source.matrix(&format!("{p}.{name}.weight"), shape)?))
+        };
+        let self_attn = Attention {
+            q_proj: proj("self_attn.q_proj", [q_dim, hidden])?,
+            k_proj: proj("self_attn.k_proj", [kv_dim, hidden])?,
+            v_proj: proj("self_attn.v_proj", [kv_dim, hidden])?,
+            o_proj: proj("self_attn.o_proj", [hidden, q_dim])?,
+            num_heads: c.num_attention_heads,
+            num_kv_heads: c.num_key_value_heads,
+            head_dim: d,
+        };
+        let mlp = Mlp {
+            gate_proj: proj("mlp.gate_proj", [inter, hidden])?,
+            up_proj: proj("mlp.up_proj", [inter, hidden])?,
+            down_proj: proj("mlp.down_proj", [hidden, inter])?,
+        };
+        layers.push(DecoderLayer {
+            self_attn,
+            mlp,
+            input_layernorm: norm(source, format!("{p}.input_layernorm.weight"))?,
+            post_attention_layernorm: norm(source, format!("{p}.post_attention_layernorm.weight"))?,
+        });
+    }
+    let embed_tokens = frozen_param(source.matrix("model.embed_tokens.weight", [c.vocab_size, hidden])?);
+    let lm_head = if lm_head_stored {
+        Some(frozen_param(source.matrix("lm_head.weight", [c.vocab_size, hidden])?))
+    } else {
+        None
+    };
+    Ok(Llama { embed_tokens, layers, norm: norm(source, "model.norm.weight".into())?, lm_head, config: config.clone() })
+}
+
+impl<B: Backend> Llama<B> {
+    /// Loads `config.json` and the safetensors weights (single file or shards) of an HF model
+    /// directory. Weights are memory-mapped and converted to f32 one tensor at a time.
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        let config = LlamaConfig::from_file(&dir.join("config.json"))?;
+        let files = TensorFiles::open_dir(dir)?;
+        Self::from_checkpoint(&config, &files, device)
+    }
+
+    /// Builds the model from already opened weights.
+    pub fn from_checkpoint(config: &LlamaConfig, files: &TensorFiles, device: &B::Device) -> Result<Self> {
+        // A tied model has no lm_head on disk; an untied one must have it.
+        let lm_head_stored = !config.tie_word_embeddings;
+        if lm_head_stored && !files.contains("lm_head.weight") {
+            return Err(Error::MissingTensor { path: files.origin().to_path_buf(), name: "lm_head.weight".into() });
+        }
+        build(config, &mut Checkpoint { files, device }, lm_head_stored)
+    }
+
+    /// A model with HF-style random weights (normal(0, 0.02), unit norms).
+    pub fn init_random(config: &LlamaConfig, seed: u64, device: &B::Device) -> Self {
+        build(config, &mut RandomInit { rng: InitRng::new(seed), device }, !config.tie_word_embeddings)
+            .expect("random init cannot fail")
+    }
+
+    /// Adds fresh adapters to the projections `lora` targets (replacing any there).
+    pub fn with_adapters(mut self, lora: &LoraConfig) -> Result<Self> {
+        lora.validate()?;
+        let device = self.embed_tokens.device();
+        let mut rng = InitRng::new(lora.seed);
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (name, projection) in layer.projections_mut() {
+                projection.adapter = if lora.wants(name) {
+                    let path = module_path(i, name);
+                    Some(init_adapter(&path, projection.dims(), lora, &mut rng, &device))
+                } else {
+                    None
+                };
+            }
+        }
+        Ok(self)
+    }
+
+    /// The base weights as HF names them, merged adapters included if already merged.
+    pub fn base_tensors(&self) -> Vec<(String, TensorData)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.val().into_data())];
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (name, projection) in layer.projections() {
+                out.push((format!("{}.weight", module_path(i, name)), projection.weight.val().into_data()));
+            }
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), layer.input_layernorm.weight.val().into_data()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), layer.post_attention_layernorm.weight.val().into_data()));
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.weight.val().into_data()));
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), head.val().into_data()));
+        }
+        out
+    }
+
+    /// Writes `config.json` and `model.safetensors` (f32) to `dir`, atomically per file.
+    /// Adapters are not included: merge them first, or save them with [`crate::io::peft`].
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        write_json_atomic(&dir.join("config.json"), &self.config.to_hf_json())?;
+        let metadata = [("format".to_string(), "pt".to_string())].into_iter().collect();
+        save_tensors(&dir.join("model.safetensors"), self.base_tensors(), Some(metadata))
+    }
+}
+
+/// HF module path of projection `name` in layer `layer`, e.g. `model.layers.0.self_attn.q_proj`.
+pub fn module_path(layer: usize, name: &str) -> String {
+    let block = if name.ends_with("_proj") && matches!(name, "gate_proj" | "up_proj" | "down_proj") {
+        "mlp"
+    } else {
+        "self_attn"
+    };
+    format!("model.layers.{layer}.{block}.{name}")
+}
+
+/// Makes every weight of the model trainable (full-parameter training, used by `pretrain`).
+pub fn unfreeze_all<B: Backend>(model: Llama<B>) -> Llama<B> {
+    use burn::module::Module;
+    model.map(&mut Unfreeze)
+}
+
+struct Unfreeze;
+
+impl<B: Backend> burn::module::ModuleMapper<B> for Unfreeze {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.set_require_grad(true)
+    }
+}

@@ -1,0 +1,16 @@
+//! Llama with LoRA-capable projections: HF `config.json`, RMSNorm, rotate-half RoPE (with
+//! llama3 scaling), grouped-query attention, SwiGLU MLP and a KV cache.
+//!
+//! Reference: HF transformers `models/llama/modeling_llama.py`; tests compare logits with it.
+
+mod cache;
+mod config;
+mod load;
+mod model;
+mod rope;
+
+pub use cache::KvCache;
+pub use config::{HfLlamaConfig, LlamaConfig, RopeScaling};
+pub use load::{module_path, unfreeze_all};
+pub use model::{Attention, DecoderLayer, ForwardOptions, Llama, Mlp, RmsNorm};
+pub use rope::{inverse_frequencies, RopeTables};

@@ -1,0 +1,295 @@
+//! The Llama decoder (HF `modeling_llama.py`), written once for training and inference.
+//!
+//! Composition order: [`RmsNorm`], [`Attention`], [`Mlp`], [`DecoderLayer`], [`Llama`].
+//! Field names equal checkpoint names (`model.layers.{i}.self_attn.q_proj.weight` is
+//! `layers[i].self_attn.q_proj.weight`), so loading and PEFT export need no remap table.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+
+use super::cache::KvCache;
+use super::config::LlamaConfig;
+use super::rope::{inverse_frequencies, RopeTables};
+use crate::lora::{AdapterTap, LoraAdapter, LoraLinear};
+
+/// Per-call switches of the forward pass.
+pub struct ForwardOptions<'a, B: Backend> {
+    /// Apply adapter dropout (training only).
+    pub train: bool,
+    /// Collect curvature taps from every adapter, in layer order.
+    pub taps: Option<&'a mut Vec<AdapterTap<B>>>,
+    /// Read and extend a KV cache (generation).
+    pub cache: Option<&'a mut KvCache<B>>,
+}
+
+impl<B: Backend> Default for ForwardOptions<'_, B> {
+    fn default() -> Self {
+        ForwardOptions { train: false, taps: None, cache: None }
+    }
+}
+
+/// RMSNorm: `y = x / sqrt(mean(x^2) + eps) * weight`.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// Per-channel gain, `[hidden]`, frozen.
+    pub weight: Param<Tensor<B, 1>>,
+    /// Added to the mean square.
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    /// # Shapes
+    /// - x: `[..., hidden]` -> same
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let inv_rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt().recip();
+        x * inv_rms * self.weight.val().unsqueeze()
+    }
+}
+
+/// Grouped-query self-attention with rotate-half RoPE.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `[heads * head_dim, hidden]`
+    pub q_proj: LoraLinear<B>,
+    /// `[kv_heads * head_dim, hidden]`
+    pub k_proj: LoraLinear<B>,
+    /// `[kv_heads * head_dim, hidden]`
+    pub v_proj: LoraLinear<B>,
+    /// `[hidden, heads * head_dim]`
+    pub o_proj: LoraLinear<B>,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// # Shapes
+    /// - x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
+    /// - key_mask: `[batch, past + seq]`, true where a key is a real token
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        key_mask: Option<&Tensor<B, 2, Bool>>,
+        cache: Option<&mut (Option<Tensor<B, 4>>, Option<Tensor<B, 4>>)>,
+        train: bool,
+        mut taps: Option<&mut Vec<AdapterTap<B>>>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, _] = x.dims();
+        let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+
+        let q = self.q_proj.forward_with(x.clone(), train, taps.as_deref_mut());
+        let k = self.k_proj.forward_with(x.clone(), train, taps.as_deref_mut());
+        let v = self.v_proj.forward_with(x, train, taps.as_deref_mut());
+        let q = rope.apply(q.reshape([batch, seq, h, d]).swap_dims(1, 2)); // [batch, h, seq, d]
+        let mut k = rope.apply(k.reshape([batch, seq, kvh, d]).swap_dims(1, 2)); // [batch, kvh, seq, d]
+        let mut v = v.reshape([batch, seq, kvh, d]).swap_dims(1, 2); // [batch, kvh, seq, d]
+
+        if let Some((cached_k, cached_v)) = cache {
+            if let (Some(pk), Some(pv)) = (cached_k.take(), cached_v.take()) {
+                k = Tensor::cat(vec![pk, k], 2); // [batch, kvh, past + seq, d]
+                v = Tensor::cat(vec![pv, v], 2);
+            }
+            *cached_k = Some(k.clone());
+            *cached_v = Some(v.clone());
+        }
+        let keys = k.dims()[2];
+        let k = repeat_kv(k, h / kvh); // [batch, h, keys, d]
+        let v = repeat_kv(v, h / kvh);
+
+        // Causal masking is aligned bottom-right, so it also holds with a KV cache.
+        let padding = key_mask.map(|m| {
+            m.clone().bool_not().reshape([batch, 1, 1, keys]).expand([batch, h, seq, keys])
+        });
+        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        let context = attention(q, k, v, padding, None, options); // [batch, h, seq, d]
+        let context = context.swap_dims(1, 2).reshape([batch, seq, h * d]);
+        self.o_proj.forward_with(context, train, taps)
+    }
+}
+
+/// Repeats each key/value head `groups` times, as HF's `repeat_kv`.
+///
+/// # Shapes
+/// - x: `[batch, kv_heads, seq, d]` -> `[batch, kv_heads * groups, seq, d]`
+fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+    if groups == 1 {
+        return x;
+    }
+    let [batch, kvh, seq, d] = x.dims();
+    x.unsqueeze_dim::<5>(2).expand([batch, kvh, groups, seq, d]).reshape([batch, kvh * groups, seq, d])
+}
+
+/// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// `[intermediate, hidden]`
+    pub gate_proj: LoraLinear<B>,
+    /// `[intermediate, hidden]`
+    pub up_proj: LoraLinear<B>,
+    /// `[hidden, intermediate]`
+    pub down_proj: LoraLinear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn forward(&self, x: Tensor<B, 3>, train: bool, mut taps: Option<&mut Vec<AdapterTap<B>>>) -> Tensor<B, 3> {
+        let gate = self.gate_proj.forward_with(x.clone(), train, taps.as_deref_mut());
+        let up = self.up_proj.forward_with(x, train, taps.as_deref_mut());
+        self.down_proj.forward_with(silu(gate) * up, train, taps)
+    }
+}
+
+/// One pre-norm residual block.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    /// Attention.
+    pub self_attn: Attention<B>,
+    /// MLP.
+    pub mlp: Mlp<B>,
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm<B>,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    /// The projections of this layer with their HF short names, in forward order.
+    pub fn projections(&self) -> [(&'static str, &LoraLinear<B>); 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            ("q_proj", &a.q_proj),
+            ("k_proj", &a.k_proj),
+            ("v_proj", &a.v_proj),
+            ("o_proj", &a.o_proj),
+            ("gate_proj", &m.gate_proj),
+            ("up_proj", &m.up_proj),
+            ("down_proj", &m.down_proj),
+        ]
+    }
+
+    /// Mutable access to the projections, same order as [`Self::projections`].
+    pub fn projections_mut(&mut self) -> [(&'static str, &mut LoraLinear<B>); 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            ("q_proj", &mut a.q_proj),
+            ("k_proj", &mut a.k_proj),
+            ("v_proj", &mut a.v_proj),
+            ("o_proj", &mut a.o_proj),
+            ("gate_proj", &mut m.gate_proj),
+            ("up_proj", &mut m.up_proj),
+            ("down_proj", &mut m.down_proj),
+        ]
+    }
+}
+
+/// The Llama causal language model.
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    /// `[vocab, hidden]`, frozen.
+    pub embed_tokens: Param<Tensor<B, 2>>,
+    /// The decoder layers.
+    pub layers: Vec<DecoderLayer<B>>,
+    /// Final norm.
+    pub norm: RmsNorm<B>,
+    /// `[vocab, hidden]`; `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Param<Tensor<B, 2>>>,
+    /// The resolved configuration.
+    pub config: LlamaConfig,
+}
+
+impl<B: Backend> Llama<B> {
+    /// Logits for a batch.
+    ///
+    /// # Shapes
+    /// - input_ids: `[batch, seq]`
+    /// - key_mask: `[batch, seq]`, true for real tokens, false for padding (None: no padding)
+    /// - output: `[batch, seq, vocab]`
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, key_mask: Option<Tensor<B, 2, Bool>>) -> Tensor<B, 3> {
+        self.forward_with(input_ids, key_mask, ForwardOptions::default())
+    }
+
+    /// [`Self::forward`] with dropout, curvature taps or a KV cache. With a cache, `key_mask`
+    /// covers the cached positions too: `[batch, past + seq]`.
+    pub fn forward_with(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        key_mask: Option<Tensor<B, 2, Bool>>,
+        options: ForwardOptions<'_, B>,
+    ) -> Tensor<B, 3> {
+        let hidden = self.hidden_states(input_ids, key_mask, options);
+        self.logits(hidden)
+    }
+
+    /// The final normalised hidden states, before the LM head.
+    ///
+    /// # Shapes
+    /// - output: `[batch, seq, hidden]`
+    pub fn hidden_states(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        key_mask: Option<Tensor<B, 2, Bool>>,
+        options: ForwardOptions<'_, B>,
+    ) -> Tensor<B, 3> {
+        let ForwardOptions { train, mut taps, mut cache } = options;
+        let [_, seq] = input_ids.dims();
+        let device = input_ids.device();
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        let rope = RopeTables::new(&inverse_frequencies(&self.config), start, seq, &device);
+
+        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), input_ids); // [batch, seq, hidden]
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
+            let attn_in = layer.input_layernorm.forward(x.clone());
+            let attn = layer.self_attn.forward(attn_in, &rope, key_mask.as_ref(), layer_cache, train, taps.as_deref_mut());
+            x = x + attn;
+            let mlp_in = layer.post_attention_layernorm.forward(x.clone());
+            x = x.clone() + layer.mlp.forward(mlp_in, train, taps.as_deref_mut());
+        }
+        if let Some(c) = cache {
+            c.advance(seq);
+        }
+        self.norm.forward(x)
+    }
+
+    /// Projects hidden states to the vocabulary.
+    ///
+    /// # Shapes
+    /// - hidden: `[batch, seq, hidden]` -> `[batch, seq, vocab]`
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens).val();
+        burn::tensor::module::linear(hidden, head.transpose(), None)
+    }
+
+    /// Every adapter with its HF module path, in forward order.
+    pub fn adapters(&self) -> Vec<&LoraAdapter<B>> {
+        self.layers
+            .iter()
+            .flat_map(|l| l.projections().into_iter().filter_map(|(_, p)| p.adapter.as_ref()))
+            .collect()
+    }
+
+    /// Every adapted projection, mutable, in forward order.
+    pub fn adapters_mut(&mut self) -> Vec<&mut LoraAdapter<B>> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| l.projections_mut().into_iter().filter_map(|(_, p)| p.adapter.as_mut()))
+            .collect()
+    }
+
+    /// Folds every adapter into its base weight.
+    pub fn merge_adapters(mut self) -> Self {
+        for layer in &mut self.layers {
+            for (_, projection) in layer.projections_mut() {
+                let p = std::mem::replace(projection, LoraLinear::frozen(projection.weight.val()));
+                *projection = p.merge();
+            }
+        }
+        self
+    }
+}

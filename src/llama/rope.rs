@@ -1,0 +1,127 @@
+//! Rotary position embedding, rotate-half convention (HF `LlamaRotaryEmbedding`), with linear
+//! and Llama 3 frequency scaling.
+//!
+//! `q' = q * cos + rotate_half(q) * sin`, `rotate_half([x1, x2]) = [-x2, x1]` where x1 and x2
+//! are the two halves of the head dimension; frequency i is shared by dims i and i + d/2. (burn's
+//! own RoPE pairs adjacent dims instead, which would need permuted q/k rows.)
+
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+use super::config::{LlamaConfig, RopeScaling};
+
+/// Inverse frequencies `theta^(-2i/d)` for i < d/2, after scaling, in f64.
+pub fn inverse_frequencies(config: &LlamaConfig) -> Vec<f64> {
+    let d = config.head_dim;
+    let base: Vec<f64> =
+        (0..d / 2).map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / d as f64)).collect();
+    match config.rope_scaling {
+        RopeScaling::Default => base,
+        RopeScaling::Linear { factor } => base.into_iter().map(|f| f / factor).collect(),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            // transformers' `_compute_llama3_parameters`: long wavelengths are divided by
+            // `factor`, short ones kept, and the band between is interpolated smoothly.
+            let low_freq_wavelen = original_max_position_embeddings / low_freq_factor;
+            let high_freq_wavelen = original_max_position_embeddings / high_freq_factor;
+            base.into_iter()
+                .map(|f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_freq_wavelen {
+                        f
+                    } else if wavelen > low_freq_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (original_max_position_embeddings / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// cos and sin tables for a run of positions, ready to broadcast over batch and heads.
+#[derive(Debug, Clone)]
+pub struct RopeTables<B: Backend> {
+    /// `[1, 1, seq, head_dim]`
+    pub cos: Tensor<B, 4>,
+    /// `[1, 1, seq, head_dim]`
+    pub sin: Tensor<B, 4>,
+}
+
+impl<B: Backend> RopeTables<B> {
+    /// Tables for positions `start .. start + len`. Angles are computed in f64 on the host and
+    /// rounded once to f32.
+    pub fn new(inv_freq: &[f64], start: usize, len: usize, device: &B::Device) -> Self {
+        let half = inv_freq.len();
+        let head_dim = 2 * half;
+        let mut cos = Vec::with_capacity(len * head_dim);
+        let mut sin = Vec::with_capacity(len * head_dim);
+        for pos in start..start + len {
+            // Both halves of the head dimension use the same frequencies.
+            for _ in 0..2 {
+                for f in inv_freq {
+                    let angle = pos as f64 * f;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+        }
+        let shape = [1, 1, len, head_dim];
+        RopeTables {
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+        }
+    }
+
+    /// Rotates `x`, shaped `[batch, heads, seq, head_dim]`.
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [_, _, _, head_dim] = x.dims();
+        let half = head_dim / 2;
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(scaling: RopeScaling) -> LlamaConfig {
+        LlamaConfig {
+            vocab_size: 8,
+            hidden_size: 8,
+            intermediate_size: 8,
+            num_hidden_layers: 1,
+            num_attention_heads: 1,
+            num_key_value_heads: 1,
+            head_dim: 128,
+            rms_norm_eps: 1e-5,
+            rope_theta: 500_000.0,
+            rope_scaling: scaling,
+            max_position_embeddings: 8192,
+            tie_word_embeddings: false,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
+        let plain = inverse_frequencies(&config(RopeScaling::Default));
+        let scaled = inverse_frequencies(&config(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        }));
+        // Highest frequency (wavelength 2*pi) is untouched; the lowest is divided by 8.
+        assert_eq!(plain[0], scaled[0]);
+        let last = plain.len() - 1;
+        assert!((scaled[last] - plain[last] / 8.0).abs() < 1e-15);
+        // Scaling never raises a frequency.
+        assert!(plain.iter().zip(&scaled).all(|(p, s)| s <= p));
+    }
+}

@@ -1,0 +1,152 @@
+//! Shared test helpers: the backend tests run on, fixture paths, reference files, and one
+//! comparison that reports where and by how much two arrays differ.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+use lalora::io::TensorFiles;
+
+/// Tests run on a CPU backend when one is enabled (flex first), so numbers are fast and
+/// deterministic; `tests/backends.rs` runs the core cases on every enabled backend.
+#[cfg(feature = "flex")]
+pub type TestBackend = lalora_backends::flex::Backend;
+#[cfg(all(not(feature = "flex"), feature = "ndarray"))]
+pub type TestBackend = lalora_backends::ndarray::Backend;
+#[cfg(not(any(feature = "flex", feature = "ndarray")))]
+pub type TestBackend = lalora_backends::Backend;
+
+/// The autodiff version of [`TestBackend`].
+pub type TestAutodiff = burn::backend::Autodiff<TestBackend>;
+
+/// The test backend's device.
+pub fn device() -> <TestBackend as burn::tensor::backend::BackendTypes>::Device {
+    Default::default()
+}
+
+/// `tests/fixtures/<rel>`.
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+
+/// A fresh empty directory under the system temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lalora-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Copies a fixture directory (flat) into a temp dir, for tests that break files on purpose.
+pub fn copy_fixture(rel: &str, name: &str) -> PathBuf {
+    let dir = temp_dir(name);
+    for entry in std::fs::read_dir(fixture(rel)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+/// `reference.safetensors` of a Llama or PEFT fixture: a padded batch and HF's logits.
+pub struct Reference {
+    /// `[batch, seq]` token ids (padding included).
+    pub input_ids: Vec<i64>,
+    /// `[batch, seq]`, 1 for real tokens.
+    pub attention_mask: Vec<i64>,
+    /// `[batch, seq]`
+    pub shape: [usize; 2],
+    /// `[batch, seq, vocab]`
+    pub logits: Vec<f32>,
+    /// vocabulary size
+    pub vocab: usize,
+}
+
+impl Reference {
+    /// Reads `dir/reference.safetensors`.
+    pub fn load(dir: &Path) -> Self {
+        let files = TensorFiles::open_file(&dir.join("reference.safetensors")).unwrap();
+        let (shape, input_ids) = files.read_i64_any("input_ids").unwrap();
+        let (_, attention_mask) = files.read_i64_any("attention_mask").unwrap();
+        let logits = files.read_f32_any("logits").unwrap();
+        let vocab = logits.shape[2];
+        Reference {
+            input_ids,
+            attention_mask,
+            shape: [shape[0], shape[1]],
+            logits: logits.to_vec::<f32>().unwrap(),
+            vocab,
+        }
+    }
+
+    /// Real length of each row.
+    pub fn lengths(&self) -> Vec<usize> {
+        self.attention_mask.chunks(self.shape[1]).map(|r| r.iter().filter(|&&m| m == 1).count()).collect()
+    }
+
+    /// Row `i` without its padding.
+    pub fn row(&self, i: usize) -> Vec<u32> {
+        let len = self.lengths()[i];
+        self.input_ids[i * self.shape[1]..i * self.shape[1] + len].iter().map(|&t| t as u32).collect()
+    }
+
+    /// The batch as tensors.
+    pub fn tensors<B: Backend>(&self, device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Bool>) {
+        let ids = Tensor::from_data(TensorData::new(self.input_ids.clone(), self.shape), device);
+        let mask: Vec<bool> = self.attention_mask.iter().map(|&m| m == 1).collect();
+        (ids, Tensor::from_data(TensorData::new(mask, self.shape), device))
+    }
+
+    /// HF's logits of row `i`, real positions only.
+    pub fn row_logits(&self, i: usize) -> Vec<f32> {
+        let (t, v) = (self.shape[1], self.vocab);
+        self.logits[i * t * v..(i * t + self.lengths()[i]) * v].to_vec()
+    }
+}
+
+/// Real-position logits of row `i` of a `[batch, seq, vocab]` tensor.
+pub fn row_logits<B: Backend>(logits: &Tensor<B, 3>, i: usize, len: usize) -> Vec<f32> {
+    logits.clone().narrow(0, i, 1).narrow(1, 0, len).into_data().convert::<f32>().to_vec().unwrap()
+}
+
+/// Asserts `max |actual - expected| <= atol`; on failure prints the worst entries with both
+/// values and their ratio (a ratio of N or S points at a scaling bug).
+pub fn assert_close_report(what: &str, actual: &[f32], expected: &[f32], atol: f32) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length {} vs {}", actual.len(), expected.len());
+    let mut diffs: Vec<(usize, f32)> =
+        actual.iter().zip(expected).map(|(a, e)| (a - e).abs()).enumerate().filter(|(_, d)| !(*d <= atol)).collect();
+    if diffs.is_empty() {
+        return;
+    }
+    diffs.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut report = format!("{what}: {} of {} entries differ by more than {atol:e}\n", diffs.len(), actual.len());
+    for &(i, d) in diffs.iter().take(8) {
+        report += &format!(
+            "  [{i}] actual {:.6e} expected {:.6e} |diff| {d:.3e} ratio {:.4}\n",
+            actual[i],
+            expected[i],
+            actual[i] / expected[i]
+        );
+    }
+    panic!("{report}");
+}
+
+/// f64 version of [`assert_close_report`], with a relative part: `|a - e| <= atol + rtol |e|`.
+pub fn assert_close_f64(what: &str, actual: &[f64], expected: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length {} vs {}", actual.len(), expected.len());
+    let bad: Vec<usize> =
+        (0..actual.len()).filter(|&i| !((actual[i] - expected[i]).abs() <= atol + rtol * expected[i].abs())).collect();
+    if bad.is_empty() {
+        return;
+    }
+    let mut report = format!("{what}: {} of {} entries outside atol {atol:e} + rtol {rtol:e}\n", bad.len(), actual.len());
+    for &i in bad.iter().take(8) {
+        report += &format!(
+            "  [{i}] actual {:.8e} expected {:.8e} |diff| {:.3e} ratio {:.6}\n",
+            actual[i],
+            expected[i],
+            (actual[i] - expected[i]).abs(),
+            actual[i] / expected[i]
+        );
+    }
+    panic!("{report}");
+}
