@@ -8,9 +8,16 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 /// A loaded tokenizer and the path it came from (for error messages).
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokenizer({}, vocab {})", self.path.display(), self.vocab_size())
+    }
 }
 
 impl Tokenizer {
