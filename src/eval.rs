@@ -8,8 +8,8 @@ use burn::tensor::backend::Backend;
 use serde::Serialize;
 
 use crate::data::{Batch, Sequence};
-use crate::llama::Llama;
-use crate::loss::token_nll;
+use crate::llama::{ForwardOptions, Llama};
+use crate::loss::head_forward;
 use crate::progress::Progress;
 
 /// One sequence's score.
@@ -46,8 +46,8 @@ pub fn sequence_nll_sums<B: Backend>(
     for chunk in sequences.chunks(batch_size.max(1)) {
         let refs: Vec<&Sequence> = chunk.iter().collect();
         let batch = Batch::<B>::new(&refs, &device);
-        let logits = model.forward(batch.input_ids, Some(batch.key_mask));
-        let nll = token_nll(logits, batch.targets, batch.loss_mask);
+        let hidden = model.hidden_states(batch.input_ids, Some(batch.key_mask), ForwardOptions::default());
+        let nll = head_forward(model.head_weight(), hidden).nll(batch.targets) * batch.loss_mask;
         let sums: Vec<f32> = nll.sum_dim(1).into_data().convert::<f32>().to_vec().expect("f32 data");
         out.extend(chunk.iter().zip(sums).map(|(s, sum)| (sum as f64, s.num_targets())));
         progress.inc(chunk.len() as u64);

@@ -19,6 +19,7 @@ pub mod lora;
 pub mod loss;
 pub mod progress;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use lalora::LaLoRA;

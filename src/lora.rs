@@ -209,7 +209,7 @@ impl<B: Backend> LoraLinear<B> {
         train: bool,
         taps: Option<&mut Vec<AdapterTap<B>>>,
     ) -> Tensor<B, 3> {
-        let base = burn::tensor::module::linear(x.clone(), self.weight.val().transpose(), None);
+        let base = linear(x.clone(), self.weight.val());
         let Some(adapter) = &self.adapter else { return base };
 
         let x_in = if train && adapter.dropout > 0.0 {
@@ -219,28 +219,25 @@ impl<B: Backend> LoraLinear<B> {
         } else {
             x.clone()
         };
-        let z = burn::tensor::module::linear(x_in.clone(), adapter.lora_a.val().transpose(), None); // [batch, seq, r]
+        // s is applied to the small B (and B0) rather than to the [batch, seq, d_out] update:
+        // one fewer full-size pass forward and backward.
+        let scaled_b = adapter.lora_b.val().mul_scalar(adapter.scale); // [d_out, r]
+        let z = linear(x_in.clone(), adapter.lora_a.val()); // [batch, seq, r]
         let offset = adapter.offset.as_ref().map(|o| {
-            let z0 = burn::tensor::module::linear(x_in, o.lora_a.val().transpose(), None);
-            burn::tensor::module::linear(z0, o.lora_b.val().transpose(), None)
+            let z0 = linear(x_in, o.lora_a.val());
+            linear(z0, o.lora_b.val().mul_scalar(adapter.scale)) // [batch, seq, d_out]
         });
+        let with_offset = |update: Tensor<B, 3>| match offset {
+            Some(o) => update - o,
+            None => update,
+        };
 
         match taps {
-            None => {
-                let mut update = burn::tensor::module::linear(z, adapter.lora_b.val().transpose(), None);
-                if let Some(o) = offset {
-                    update = update - o;
-                }
-                base + update.mul_scalar(adapter.scale)
-            }
+            None => base + with_offset(linear(z, scaled_b)),
             Some(taps) => {
                 let probe_z = Tensor::zeros(z.shape(), &z.device()).require_grad();
                 let z_probed = z.clone() + probe_z.clone();
-                let mut update = burn::tensor::module::linear(z_probed, adapter.lora_b.val().transpose(), None);
-                if let Some(o) = offset {
-                    update = update - o;
-                }
-                let y = base + update.mul_scalar(adapter.scale);
+                let y = base + with_offset(linear(z_probed, scaled_b));
                 let probe_y = Tensor::zeros(y.shape(), &y.device()).require_grad();
                 taps.push(AdapterTap {
                     path: adapter.path.clone(),
@@ -264,6 +261,15 @@ impl<B: Backend> LoraLinear<B> {
             }
         }
     }
+}
+
+/// `x W^T` for `x: [batch, seq, d_in]` and `w: [d_out, d_in]` (HF layout), as one 2-D matmul
+/// over all tokens: a strided gemm that reads `w` transposed in place, with no copy of the
+/// weight and no per-sequence batching.
+pub fn linear<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 3> {
+    let [batch, seq, d_in] = x.dims();
+    let d_out = w.dims()[0];
+    x.reshape([batch * seq, d_in]).matmul(w.transpose()).reshape([batch, seq, d_out])
 }
 
 /// A parameter that never receives a gradient (and so never gets optimiser state).

@@ -87,12 +87,12 @@ impl Record {
             if let Some(completion) = string("completion")?.or(string("response")?) {
                 return Ok(Record::PromptCompletion { prompt, completion });
             }
-            if let Some(answer) = string("answer")? {
-                return Ok(Record::Generation { prompt, answer });
-            }
-            // An answer given as a number is common in math sets.
-            if let Some(n) = obj.get("answer").filter(|v| v.is_number()) {
-                return Ok(Record::Generation { prompt, answer: n.to_string() });
+            match obj.get("answer") {
+                Some(Value::String(answer)) => return Ok(Record::Generation { prompt, answer: answer.clone() }),
+                // An answer given as a number is common in math sets.
+                Some(n @ Value::Number(_)) => return Ok(Record::Generation { prompt, answer: n.to_string() }),
+                Some(_) => return Err("field `answer` must be a string or a number".into()),
+                None => {}
             }
             return Err("a `prompt` needs a `completion` (or `response`) or an `answer`".into());
         }

@@ -5,10 +5,8 @@
 //! `layers[i].self_attn.q_proj.weight`), so loading and PEFT export need no remap table.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::silu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
 use super::cache::KvCache;
 use super::config::LlamaConfig;
@@ -71,59 +69,92 @@ pub struct Attention<B: Backend> {
 impl<B: Backend> Attention<B> {
     /// # Shapes
     /// - x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
-    /// - key_mask: `[batch, past + seq]`, true where a key is a real token
+    /// - bias: `[batch or 1, 1, groups * seq, past + seq]`, from [`attention_bias`]
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &RopeTables<B>,
-        key_mask: Option<&Tensor<B, 2, Bool>>,
+        rope: &AttentionTables<B>,
         cache: Option<&mut (Option<Tensor<B, 4>>, Option<Tensor<B, 4>>)>,
         train: bool,
         mut taps: Option<&mut Vec<AdapterTap<B>>>,
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let groups = h / kvh;
 
         let q = self.q_proj.forward_with(x.clone(), train, taps.as_deref_mut());
         let k = self.k_proj.forward_with(x.clone(), train, taps.as_deref_mut());
         let v = self.v_proj.forward_with(x, train, taps.as_deref_mut());
-        let q = rope.apply(q.reshape([batch, seq, h, d]).swap_dims(1, 2)); // [batch, h, seq, d]
-        let mut k = rope.apply(k.reshape([batch, seq, kvh, d]).swap_dims(1, 2)); // [batch, kvh, seq, d]
-        let mut v = v.reshape([batch, seq, kvh, d]).swap_dims(1, 2); // [batch, kvh, seq, d]
+        let q = rope.q.apply(q.reshape([batch, seq, h, d])).mul_scalar(1.0 / (d as f64).sqrt()); // [batch, seq, h, d]
+        let mut k = rope.k.apply(k.reshape([batch, seq, kvh, d])); // [batch, seq, kvh, d]
+        let mut v = v.reshape([batch, seq, kvh, d]);
 
         if let Some((cached_k, cached_v)) = cache {
             if let (Some(pk), Some(pv)) = (cached_k.take(), cached_v.take()) {
-                k = Tensor::cat(vec![pk, k], 2); // [batch, kvh, past + seq, d]
-                v = Tensor::cat(vec![pv, v], 2);
+                k = Tensor::cat(vec![pk, k], 1); // [batch, past + seq, kvh, d]
+                v = Tensor::cat(vec![pv, v], 1);
             }
             *cached_k = Some(k.clone());
             *cached_v = Some(v.clone());
         }
-        let keys = k.dims()[2];
-        let k = repeat_kv(k, h / kvh); // [batch, h, keys, d]
-        let v = repeat_kv(v, h / kvh);
 
-        // Causal masking is aligned bottom-right, so it also holds with a KV cache.
-        let padding = key_mask.map(|m| {
-            m.clone().bool_not().reshape([batch, 1, 1, keys]).expand([batch, h, seq, keys])
-        });
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-        let context = attention(q, k, v, padding, None, options); // [batch, h, seq, d]
-        let context = context.swap_dims(1, 2).reshape([batch, seq, h * d]);
+        // Grouped-query attention without repeating k and v: the `groups` query heads that
+        // share a kv head are stacked along the query axis (HF's head order is kv-major).
+        let q = q
+            .reshape([batch, seq, kvh, groups, d])
+            .permute([0, 2, 3, 1, 4])
+            .reshape([batch, kvh, groups * seq, d]); // [batch, kvh, groups * seq, d]
+        let k = k.swap_dims(1, 2); // [batch, kvh, keys, d]
+        let v = v.swap_dims(1, 2); // [batch, kvh, keys, d]
+        let scores = q.matmul(k.transpose()) + rope.bias.clone(); // [batch, kvh, groups * seq, keys]
+        let weights = softmax(scores, 3);
+        let context = weights
+            .matmul(v) // [batch, kvh, groups * seq, d]
+            .reshape([batch, kvh, groups, seq, d])
+            .permute([0, 3, 1, 2, 4])
+            .reshape([batch, seq, h * d]);
         self.o_proj.forward_with(context, train, taps)
     }
 }
 
-/// Repeats each key/value head `groups` times, as HF's `repeat_kv`.
-///
-/// # Shapes
-/// - x: `[batch, kv_heads, seq, d]` -> `[batch, kv_heads * groups, seq, d]`
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
-    if groups == 1 {
-        return x;
+/// Per-forward constants shared by every layer's attention.
+pub struct AttentionTables<B: Backend> {
+    /// RoPE for the query heads.
+    pub q: RopeTables<B>,
+    /// RoPE for the key heads.
+    pub k: RopeTables<B>,
+    /// Additive mask, `[batch, kv_heads, groups * seq, past + seq]` (see [`attention_bias`]).
+    pub bias: Tensor<B, 4>,
+}
+
+/// The value added to the scores of forbidden query-key pairs: finite, so a row with no
+/// allowed key (an all-padding row) cannot produce NaN.
+const MASKED: f32 = -1e9;
+
+/// Additive attention bias: 0 where query i (at position `past + i`) may see key j (causal,
+/// and key j is a real token per `key_mask`, true = real), [`MASKED`] elsewhere. Rows are laid
+/// out as the grouped queries of [`Attention`], and the tensor is built at its full shape
+/// `[batch, kv_heads, groups * seq, past + seq]` so the add is a same-shape add.
+pub fn attention_bias<B: Backend>(
+    key_mask: Option<&[bool]>,
+    [batch, kv_heads, groups]: [usize; 3],
+    seq: usize,
+    past: usize,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let keys = past + seq;
+    let mut bias = Vec::with_capacity(batch * kv_heads * groups * seq * keys);
+    for b in 0..batch {
+        let real = |j: usize| key_mask.is_none_or(|m| m[b * keys + j]);
+        let rows: Vec<f32> = (0..seq)
+            .flat_map(|i| (0..keys).map(move |j| (i, j)))
+            .map(|(i, j)| if j <= past + i && real(j) { 0.0 } else { MASKED })
+            .collect();
+        for _ in 0..kv_heads * groups {
+            bias.extend_from_slice(&rows);
+        }
     }
-    let [batch, kvh, seq, d] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([batch, kvh, groups, seq, d]).reshape([batch, kvh * groups, seq, d])
+    Tensor::from_data(TensorData::new(bias, [batch, kv_heads, groups * seq, keys]), device)
 }
 
 /// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
@@ -237,16 +268,16 @@ impl<B: Backend> Llama<B> {
         options: ForwardOptions<'_, B>,
     ) -> Tensor<B, 3> {
         let ForwardOptions { train, mut taps, mut cache } = options;
-        let [_, seq] = input_ids.dims();
+        let [batch, seq] = input_ids.dims();
         let device = input_ids.device();
         let start = cache.as_ref().map_or(0, |c| c.len());
-        let rope = RopeTables::new(&inverse_frequencies(&self.config), start, seq, &device);
+        let tables = self.attention_tables(key_mask.as_ref(), batch, seq, start, &device);
 
         let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), input_ids); // [batch, seq, hidden]
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
             let attn_in = layer.input_layernorm.forward(x.clone());
-            let attn = layer.self_attn.forward(attn_in, &rope, key_mask.as_ref(), layer_cache, train, taps.as_deref_mut());
+            let attn = layer.self_attn.forward(attn_in, &tables, layer_cache, train, taps.as_deref_mut());
             x = x + attn;
             let mlp_in = layer.post_attention_layernorm.forward(x.clone());
             x = x.clone() + layer.mlp.forward(mlp_in, train, taps.as_deref_mut());
@@ -257,13 +288,39 @@ impl<B: Backend> Llama<B> {
         self.norm.forward(x)
     }
 
+    fn attention_tables(
+        &self,
+        key_mask: Option<&Tensor<B, 2, Bool>>,
+        batch: usize,
+        seq: usize,
+        past: usize,
+        device: &B::Device,
+    ) -> AttentionTables<B> {
+        let c = &self.config;
+        let inv_freq = inverse_frequencies(c);
+        // Backends store booleans differently (u8, u32): read the mask back as integers.
+        let mask: Option<Vec<bool>> = key_mask.map(|m| {
+            let ints: Vec<i64> = m.clone().int().into_data().convert::<i64>().to_vec().expect("int data");
+            ints.into_iter().map(|v| v != 0).collect()
+        });
+        AttentionTables {
+            q: RopeTables::new(&inv_freq, past, seq, batch, c.num_attention_heads, device),
+            k: RopeTables::new(&inv_freq, past, seq, batch, c.num_key_value_heads, device),
+            bias: attention_bias(mask.as_deref(), [batch, c.num_key_value_heads, c.kv_groups()], seq, past, device),
+        }
+    }
+
     /// Projects hidden states to the vocabulary.
     ///
     /// # Shapes
     /// - hidden: `[batch, seq, hidden]` -> `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens).val();
-        burn::tensor::module::linear(hidden, head.transpose(), None)
+        burn::tensor::module::linear(hidden, self.head_weight().transpose(), None)
+    }
+
+    /// The LM head's weight, `[vocab, hidden]` (the embedding matrix when tied).
+    pub fn head_weight(&self) -> Tensor<B, 2> {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens).val()
     }
 
     /// Every adapter with its HF module path, in forward order.

@@ -1,4 +1,5 @@
 //! One module per subcommand, each with its flags and a `run`.
 
+pub mod bench;
 pub mod eval;
 pub mod generate;

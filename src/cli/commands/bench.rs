@@ -1,0 +1,128 @@
+//! `lalora bench`: speed and memory of one LoRA training step on a model preset.
+//!
+//! Random weights from an HF `config.json` preset, random token ids, rank-r adapters on the
+//! chosen projections, AdamW. Prints tokens/s and the process's peak resident memory, the same
+//! figures `scripts/bench_torch.py` prints for transformers + peft.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+
+use clap::Args;
+use lalora::data::{Batch, Sequence};
+use lalora::llama::{Llama, LlamaConfig};
+use lalora::lora::{InitRng, ALL_TARGETS};
+use lalora::train::{train_step, AdamWSettings};
+use lalora::LoraConfig;
+use serde::Serialize;
+
+
+
+type AB = lalora_backends::AutodiffBackend;
+
+/// Flags of `lalora bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// HF config.json of the model to build with random weights.
+    #[arg(long, default_value = "models/presets/small.json")]
+    preset: PathBuf,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    /// LoRA rank (alpha = 2 r), on all seven projections.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct BenchReport {
+    framework: &'static str,
+    backend: &'static str,
+    threads: usize,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+    tokens_per_s: f64,
+    step_ms_mean: f64,
+    step_ms_min: f64,
+    peak_rss_mib: f64,
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`), if the OS tells.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Runs `lalora bench`.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let device = lalora_backends::device();
+    let config = LlamaConfig::from_file(&args.preset)?;
+    let lora = LoraConfig {
+        rank: args.rank,
+        alpha: 2.0 * args.rank as f64,
+        targets: ALL_TARGETS.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let model = Llama::<AB>::init_random(&config, 0, &device).with_adapters(&lora)?;
+    let mut rng = InitRng::new(1);
+    let sequences: Vec<Sequence> = (0..args.batch_size)
+        .map(|_| {
+            let ids = rng.uniform(args.seq, 0.5).iter().map(|u| ((u + 0.5) * (config.vocab_size - 1) as f32) as u32).collect();
+            Sequence::text(ids)
+        })
+        .collect();
+    let refs: Vec<&Sequence> = sequences.iter().collect();
+    let batch = Batch::<AB>::new(&refs, &device);
+    let mut optim = AdamWSettings::default().config().init::<AB, Llama<AB>>();
+
+    let mut model = model;
+    let mut times = Vec::with_capacity(args.steps);
+    for i in 0..args.warmup + args.steps {
+        let start = Instant::now();
+        let (next, out) = train_step(model, &mut optim, &batch, 1e-4, Some(1.0), None);
+        model = next;
+        anyhow::ensure!(out.loss.is_finite(), "non-finite loss in the benchmark");
+        if i >= args.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    let report = BenchReport {
+        framework: "lalora",
+        backend: lalora_backends::NAME,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        batch: args.batch_size,
+        seq: args.seq,
+        steps: args.steps,
+        tokens_per_s: (args.batch_size * args.seq) as f64 / mean,
+        step_ms_mean: mean * 1e3,
+        step_ms_min: min * 1e3,
+        peak_rss_mib: peak_rss_mib(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "train step ({} backend, batch {} x seq {}, rank {}): {:.0} tokens/s, mean {:.0} ms, min {:.0} ms, peak RSS {:.0} MiB",
+            report.backend, report.batch, report.seq, args.rank, report.tokens_per_s, report.step_ms_mean, report.step_ms_min, report.peak_rss_mib
+        );
+    }
+    Ok(())
+}

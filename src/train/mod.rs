@@ -1,0 +1,7 @@
+//! LoRA training: the optimiser settings, the learning-rate schedule and one training step.
+
+mod schedule;
+mod step;
+
+pub use schedule::{LrSchedule, ScheduleKind};
+pub use step::{clip_global_norm, lm_loss, lm_objective, train_step, AdamWSettings, LmObjective, StepOutput};
