@@ -8,12 +8,14 @@
 
 #![warn(missing_docs)]
 
+pub mod curvature;
 pub mod data;
 pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod io;
 pub mod lalora;
+pub mod laplace;
 pub mod llama;
 pub mod lora;
 pub mod loss;

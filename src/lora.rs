@@ -280,7 +280,8 @@ pub fn frozen_param<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Param<T
 /// A trainable parameter with a stable id: ids derive from the adapter path, so optimiser
 /// state saved in a checkpoint finds its tensor again after a restart.
 pub fn trainable_param<B: Backend, const D: usize>(tensor: Tensor<B, D>, key: &str) -> Param<Tensor<B, D>> {
-    Param::initialized(ParamId::from(stable_hash(key)), tensor.require_grad())
+    // A parameter is a leaf: whatever computed `tensor` is not part of its history.
+    Param::initialized(ParamId::from(stable_hash(key)), tensor.detach().require_grad())
 }
 
 /// FNV-1a: a hash that is the same on every run and platform (std's is randomised).

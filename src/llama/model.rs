@@ -42,8 +42,9 @@ impl<B: Backend> RmsNorm<B> {
     /// # Shapes
     /// - x: `[..., hidden]` -> same
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let inv_rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt().recip();
-        x * inv_rms * self.weight.val().unsqueeze()
+        // A division, not `recip()`: ndarray's SIMD reciprocal is approximate (~1e-4 relative).
+        let rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt();
+        x / rms * self.weight.val().unsqueeze()
     }
 }
 

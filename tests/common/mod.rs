@@ -150,3 +150,100 @@ pub fn assert_close_f64(what: &str, actual: &[f64], expected: &[f64], atol: f64,
     }
     panic!("{report}");
 }
+
+/// Reads a tensor to f64 values.
+pub fn values<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f64> {
+    t.clone().into_data().convert::<f64>().to_vec::<f64>().unwrap()
+}
+
+/// A dense row-major matrix in f64 (test-side linear algebra only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mat {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f64>,
+}
+
+impl Mat {
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        Mat { rows, cols, data: vec![0.0; rows * cols] }
+    }
+    pub fn from_tensor<B: Backend>(t: &Tensor<B, 2>) -> Self {
+        let [rows, cols] = t.dims();
+        Mat { rows, cols, data: values(t) }
+    }
+    pub fn at(&self, i: usize, j: usize) -> f64 {
+        self.data[i * self.cols + j]
+    }
+    /// `self kron other` (row-major vec convention: `vec(D)^T (G kron X) vec(D) = <D, G D X>`).
+    pub fn kron(&self, other: &Mat) -> Mat {
+        let mut out = Mat::zeros(self.rows * other.rows, self.cols * other.cols);
+        for i in 0..self.rows {
+            for j in 0..self.cols {
+                let a = self.at(i, j);
+                for k in 0..other.rows {
+                    for l in 0..other.cols {
+                        out.data[(i * other.rows + k) * out.cols + j * other.cols + l] = a * other.at(k, l);
+                    }
+                }
+            }
+        }
+        out
+    }
+    /// The sub-block `[r0..r0+rows, c0..c0+cols]`.
+    pub fn block(&self, r0: usize, c0: usize, rows: usize, cols: usize) -> Mat {
+        let mut out = Mat::zeros(rows, cols);
+        for i in 0..rows {
+            for j in 0..cols {
+                out.data[i * cols + j] = self.at(r0 + i, c0 + j);
+            }
+        }
+        out
+    }
+    pub fn max_abs(&self) -> f64 {
+        self.data.iter().fold(0.0, |m, v| m.max(v.abs()))
+    }
+    /// Eigenvalues of a symmetric matrix (cyclic Jacobi rotations).
+    pub fn symmetric_eigenvalues(&self) -> Vec<f64> {
+        assert_eq!(self.rows, self.cols);
+        let n = self.rows;
+        let mut a = self.data.clone();
+        for _sweep in 0..100 {
+            let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * n + j].powi(2)).sum();
+            if off < 1e-22 * (1.0 + self.max_abs().powi(2)) {
+                break;
+            }
+            for p in 0..n {
+                for q in p + 1..n {
+                    let apq = a[p * n + q];
+                    if apq.abs() < 1e-300 {
+                        continue;
+                    }
+                    let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
+                    let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                    let t = if theta == 0.0 { 1.0 } else { t };
+                    let c = 1.0 / (t * t + 1.0).sqrt();
+                    let s = t * c;
+                    for k in 0..n {
+                        let (akp, akq) = (a[k * n + p], a[k * n + q]);
+                        a[k * n + p] = c * akp - s * akq;
+                        a[k * n + q] = s * akp + c * akq;
+                    }
+                    for k in 0..n {
+                        let (apk, aqk) = (a[p * n + k], a[q * n + k]);
+                        a[p * n + k] = c * apk - s * aqk;
+                        a[q * n + k] = s * apk + c * aqk;
+                    }
+                }
+            }
+        }
+        (0..n).map(|i| a[i * n + i]).collect()
+    }
+}
+
+/// Asserts two matrices agree to `tol` relative to the larger magnitude, with a report.
+pub fn assert_mat_close(what: &str, actual: &Mat, expected: &Mat, tol: f64) {
+    assert_eq!((actual.rows, actual.cols), (expected.rows, expected.cols), "{what}: shapes differ");
+    let scale = expected.max_abs().max(actual.max_abs()).max(1e-30);
+    assert_close_f64(what, &actual.data, &expected.data, tol * scale, 0.0);
+}

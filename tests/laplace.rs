@@ -1,0 +1,223 @@
+//! The Laplace prior: its penalty equals the explicit quadratic form of the materialised matrix
+//! `F + delta I`, its gradient matches finite differences, and it survives save -> load.
+
+mod common;
+
+use burn::tensor::Tensor;
+use common::*;
+use lalora::curvature::{Curvature, Estimator, FisherType};
+use lalora::data::{Batch, Sequence};
+use lalora::io::peft;
+use lalora::laplace::{fit, FitOptions, LaplaceMeta, LaplacePrior};
+use lalora::llama::Llama;
+use lalora::lora::trainable_param;
+use lalora::progress::Progress;
+use lalora::{LoraConfig, LoraInit};
+
+type AB = TestAutodiff;
+
+fn model() -> (Llama<AB>, LoraConfig) {
+    let base = Llama::<AB>::load(&fixture("llama/gqa"), &device()).unwrap();
+    let (model, info) = peft::load_adapter(base, &fixture("peft/all7")).unwrap();
+    (model, info.lora)
+}
+
+fn source() -> Vec<Batch<AB>> {
+    let reference = Reference::load(&fixture("llama/gqa"));
+    let sequences: Vec<Sequence> = (0..3).map(|i| Sequence::text(reference.row(i))).collect();
+    let refs: Vec<&Sequence> = sequences.iter().collect();
+    vec![Batch::new(&refs, &device())]
+}
+
+fn fitted(estimator: Estimator, delta: f64) -> (Llama<AB>, LoraConfig, LaplacePrior<AB>) {
+    let (model, lora) = model();
+    let options = FitOptions { estimator, fisher: FisherType::Empirical, prior_precision: delta };
+    let (prior, _) = fit(&model, &source(), &options, &Progress::hidden()).unwrap();
+    (model, lora, LaplacePrior::from_inner(prior))
+}
+
+/// Moves every adapter away from the anchor by a deterministic perturbation.
+fn perturbed(model: &Llama<AB>, amount: f64) -> Llama<AB> {
+    let mut m = model.clone();
+    for (i, a) in m.adapters_mut().into_iter().enumerate() {
+        let bump = |t: Tensor<AB, 2>, k: f64| {
+            let [r, c] = t.dims();
+            let ramp: Vec<f32> = (0..r * c).map(|j| j as f32).collect();
+            let ramp = Tensor::<AB, 2>::from_data(burn::tensor::TensorData::new(ramp, [r, c]), &device());
+            t + (ramp.mul_scalar(0.37 + k).sin()).mul_scalar(amount)
+        };
+        a.lora_a = trainable_param(bump(a.lora_a.val(), i as f64), &format!("a{i}"));
+        a.lora_b = trainable_param(bump(a.lora_b.val(), 0.5 + i as f64), &format!("b{i}"));
+    }
+    m
+}
+
+/// `sum_i d_i^T (F_i + delta I) d_i` from materialised per-adapter matrices, in f64.
+fn explicit_quadratic(prior: &LaplacePrior<AB>, model: &Llama<AB>) -> f64 {
+    let curvature = prior.curvature.as_ref().unwrap();
+    let mut total = 0.0;
+    for (i, (adapter, anchor)) in model.adapters().iter().zip(&prior.anchors).enumerate() {
+        let mut d = values(&(adapter.lora_a.val() - anchor.a.clone()));
+        let na = d.len();
+        d.extend(values(&(adapter.lora_b.val() - anchor.b.clone())));
+        let n = d.len();
+        let mut p = Mat::zeros(n, n);
+        let mut put = |r0: usize, c0: usize, m: &Mat, symmetric: bool| {
+            for i in 0..m.rows {
+                for j in 0..m.cols {
+                    p.data[(r0 + i) * n + c0 + j] += m.at(i, j);
+                    if symmetric {
+                        p.data[(c0 + j) * n + r0 + i] += m.at(i, j);
+                    }
+                }
+            }
+        };
+        match curvature {
+            Curvature::Diag(b) => {
+                for (k, v) in values(&b[i].a).into_iter().chain(values(&b[i].b)).enumerate() {
+                    p.data[k * n + k] += v;
+                }
+            }
+            Curvature::Kfac(b) => {
+                put(0, 0, &Mat::from_tensor(&b[i].g_a).kron(&Mat::from_tensor(&b[i].x_a)), false);
+                put(na, na, &Mat::from_tensor(&b[i].g_b).kron(&Mat::from_tensor(&b[i].x_b)), false);
+            }
+            Curvature::TriKfac(b) => {
+                let k = &b[i].kfac;
+                put(0, 0, &Mat::from_tensor(&k.g_a).kron(&Mat::from_tensor(&k.x_a)), false);
+                put(na, na, &Mat::from_tensor(&k.g_b).kron(&Mat::from_tensor(&k.x_b)), false);
+                put(0, na, &Mat::from_tensor(&b[i].g_ab).kron(&Mat::from_tensor(&b[i].x_ab)), true);
+            }
+        }
+        for k in 0..n {
+            p.data[k * n + k] += prior.prior_precision;
+        }
+        for r in 0..n {
+            for c in 0..n {
+                total += d[r] * p.at(r, c) * d[c];
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn penalty_equals_the_explicit_quadratic_form_of_the_materialised_matrix() {
+    for estimator in [Estimator::Diag, Estimator::Kfac, Estimator::TriKfac] {
+        let (model, _, prior) = fitted(estimator, 0.3);
+        let moved = perturbed(&model, 0.05);
+        let ours: f32 = prior.quadratic(&moved).into_scalar();
+        let theirs = explicit_quadratic(&prior, &moved);
+        assert!(theirs > 0.0);
+        assert!(((ours as f64) - theirs).abs() <= 1e-4 * theirs, "{}: {ours} vs {theirs}", estimator.name());
+        let at_anchor: f32 = prior.quadratic(&model).into_scalar();
+        assert!(at_anchor.abs() < 1e-10, "zero at the anchor, got {at_anchor}");
+    }
+}
+
+#[test]
+fn penalty_gradient_matches_finite_differences() {
+    for estimator in [Estimator::Diag, Estimator::TriKfac] {
+        let (model, _, prior) = fitted(estimator, 0.1);
+        let moved = perturbed(&model, 0.05);
+        let grads = prior.quadratic(&moved).backward();
+        let adapter = &moved.adapters()[4]; // gate_proj of layer 0
+        let analytic = values(&adapter.lora_b.grad(&grads).unwrap());
+        // The penalty is quadratic, so central differences are exact up to rounding even with a
+        // large step.
+        let eps = 0.05;
+        let [rows, cols] = adapter.lora_b.dims();
+        for &k in &[0usize, 7, rows * cols / 2, rows * cols - 1] {
+            let shift = |sign: f64| {
+                let mut m = moved.clone();
+                let a = &mut m.adapters_mut()[4];
+                let mut v = values(&a.lora_b.val());
+                v[k] += sign * eps;
+                let data = burn::tensor::TensorData::new(v.iter().map(|x| *x as f32).collect::<Vec<_>>(), [rows, cols]);
+                a.lora_b = trainable_param(Tensor::from_data(data, &device()), "fd");
+                prior.quadratic(&m).into_scalar() as f64
+            };
+            let fd = (shift(1.0) - shift(-1.0)) / (2.0 * eps);
+            let scale = analytic.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            assert!((fd - analytic[k]).abs() <= 2e-3 * scale, "{} entry {k}: fd {fd} vs {}", estimator.name(), analytic[k]);
+        }
+    }
+}
+
+#[test]
+fn save_then_load_gives_the_same_prior() {
+    for estimator in [Estimator::Diag, Estimator::Kfac, Estimator::TriKfac] {
+        let (model, lora, prior) = fitted(estimator, 0.2);
+        let dir = temp_dir(&format!("prior-{}", estimator.name()));
+        let meta = LaplaceMeta {
+            curvature: estimator,
+            fisher: "empirical".into(),
+            samples: 1,
+            tokens: 25,
+            prior_precision: 0.2,
+            scale: 2.0,
+            rank: 4,
+            alpha: 8.0,
+            rslora: false,
+            targets: lora.targets.clone(),
+            init: LoraInit::Peft,
+            data: vec!["x.jsonl".into()],
+            batches_per_file: 1,
+            batch_size: 3,
+            max_len: 12,
+            seed: 0,
+            lalora_version: "test".into(),
+        };
+        prior.save(&dir, &meta, &model, &lora).unwrap();
+        let (loaded, loaded_meta) = LaplacePrior::load(&dir, &model).unwrap();
+        assert_eq!(loaded_meta, meta);
+        let moved = perturbed(&model, 0.05);
+        let (a, b): (f32, f32) = (prior.quadratic(&moved).into_scalar(), loaded.quadratic(&moved).into_scalar());
+        assert_eq!(a, b, "{}", estimator.name());
+        for ((n1, t1), (n2, t2)) in prior.curvature.as_ref().unwrap().tensors().iter().zip(loaded.curvature.unwrap().tensors()) {
+            assert_eq!(n1, &n2);
+            assert_eq!(values(t1), values(&t2), "{n1}");
+        }
+    }
+}
+
+#[test]
+fn a_prior_for_other_adapters_is_refused_with_the_reason() {
+    let (model, lora, prior) = fitted(Estimator::Kfac, 0.0);
+    let dir = temp_dir("prior-mismatch");
+    let meta = LaplaceMeta {
+        curvature: Estimator::Kfac,
+        fisher: "empirical".into(),
+        samples: 1,
+        tokens: 25,
+        prior_precision: 0.0,
+        scale: 2.0,
+        rank: 4,
+        alpha: 8.0,
+        rslora: false,
+        targets: lora.targets.clone(),
+        init: LoraInit::Peft,
+        data: vec![],
+        batches_per_file: 1,
+        batch_size: 3,
+        max_len: 12,
+        seed: 0,
+        lalora_version: "test".into(),
+    };
+    prior.save(&dir, &meta, &model, &lora).unwrap();
+    let other = Llama::<AB>::load(&fixture("llama/gqa"), &device())
+        .unwrap()
+        .with_adapters(&LoraConfig { rank: 2, alpha: 4.0, ..Default::default() })
+        .unwrap();
+    let err = LaplacePrior::load(&dir, &other).unwrap_err().to_string();
+    assert!(err.contains("laplace.json") && err.contains("rank 4") && err.contains("rank 2"), "{err}");
+    // A curvature file missing a tensor names it.
+    let files = lalora::io::TensorFiles::open_file(&dir.join("curvature.safetensors")).unwrap();
+    let mut tensors: Vec<(String, burn::tensor::TensorData)> =
+        files.names().into_iter().filter(|n| !n.ends_with("layers.1.mlp.up_proj.lora_B.G")).map(|n| (n.clone(), files.read_f32_any(&n).unwrap())).collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    drop(files);
+    lalora::io::save_tensors(&dir.join("curvature.safetensors"), tensors, None).unwrap();
+    let err = LaplacePrior::load(&dir, &model).unwrap_err().to_string();
+    assert!(err.contains("model.layers.1.mlp.up_proj.lora_B.G") && err.contains("missing"), "{err}");
+}
