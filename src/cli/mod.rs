@@ -25,6 +25,8 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Generate text from a prompt, greedily or by sampling, with the KV cache.
     Generate(commands::generate::GenerateArgs),
+    /// Fit the Laplace prior over the LoRA weights on source data (Diag, B-KFAC, B-Tri-KFAC).
+    Laplace(commands::laplace::LaplaceArgs),
     /// Measure one LoRA training step (tokens/s, peak memory) on a model preset.
     Bench(commands::bench::BenchArgs),
 }
@@ -34,6 +36,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Eval(args) => commands::eval::run(args),
         Command::Generate(args) => commands::generate::run(args),
+        Command::Laplace(args) => commands::laplace::run(args),
         Command::Bench(args) => commands::bench::run(args),
     }
 }

@@ -2,9 +2,11 @@
 
 mod batch;
 mod jsonl;
+mod loader;
 
 pub use batch::{Batch, Sequence};
 pub use jsonl::{read_records, Record};
+pub use loader::{permutation, DataPosition, Shuffler};
 
 use std::path::Path;
 

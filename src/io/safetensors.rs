@@ -251,5 +251,12 @@ pub fn save_tensors(
     }
     // serialize_to_file writes a sibling temporary file and renames it over `path`.
     safetensors::serialize_to_file(views.iter().map(|(n, v)| (n.as_str(), v)), metadata, path)
-        .map_err(|e| Error::Safetensors { path: path.to_path_buf(), reason: e.to_string() })
+        .map_err(|e| Error::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+    // The temporary file is created private (0600); give the result ordinary permissions.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
 }

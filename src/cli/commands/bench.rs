@@ -41,7 +41,12 @@ pub struct BenchArgs {
     /// Timed steps.
     #[arg(long, default_value_t = 5)]
     steps: usize,
-    /// Print one JSON line instead of text.
+    /// What to measure, comma-separated: `train` (one training step), `laplace` (curvature
+    /// capture per batch for diag, kfac, tri-kfac), `penalty` (the penalty's forward and
+    /// backward for diag and kfac).
+    #[arg(long, value_delimiter = ',', default_value = "train")]
+    what: Vec<String>,
+    /// Print JSON lines instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -67,6 +72,102 @@ pub fn peak_rss_mib() -> f64 {
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn mean_min(times: &[f64]) -> (f64, f64) {
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    (mean, times.iter().cloned().fold(f64::INFINITY, f64::min))
+}
+
+/// Times `f` `warmup + steps` times and returns (mean, min) of the timed runs in seconds.
+fn time_it(warmup: usize, steps: usize, mut f: impl FnMut()) -> (f64, f64) {
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let start = Instant::now();
+        f();
+        if i >= warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    mean_min(&times)
+}
+
+#[derive(Serialize)]
+struct CurvatureBench {
+    estimator: &'static str,
+    laplace_s_per_batch: Option<f64>,
+    ratio_to_train_step: Option<f64>,
+    curvature_file_mib: Option<f64>,
+    penalty_ms: Option<f64>,
+    penalty_share_of_step: Option<f64>,
+}
+
+/// Laplace capture per batch and penalty cost, against the measured train step `step_s`.
+fn curvature_benches(args: &BenchArgs, model: &Llama<AB>, batch: &Batch<AB>, step_s: f64, laplace: bool, penalty: bool) -> anyhow::Result<()> {
+    use burn::module::AutodiffModule;
+    use lalora::curvature::{adapter_infos, capture_batch, Accumulator, Estimator, FisherType};
+    use lalora::laplace::LaplacePrior;
+    // The penalty's cost does not depend on how far the adapters are from the anchor.
+    let moved = model.clone();
+    for estimator in [Estimator::Diag, Estimator::Kfac, Estimator::TriKfac] {
+        let mut report = CurvatureBench {
+            estimator: estimator.name(),
+            laplace_s_per_batch: None,
+            ratio_to_train_step: None,
+            curvature_file_mib: None,
+            penalty_ms: None,
+            penalty_share_of_step: None,
+        };
+        let mut curvature = None;
+        if laplace {
+            let (mean, _) = time_it(args.warmup.min(1), args.steps, || {
+                let mut acc = Accumulator::new(estimator, adapter_infos(model));
+                capture_batch(model, batch, FisherType::Mc { samples: 1 }, &mut acc);
+                curvature = Some(acc.finish());
+            });
+            report.laplace_s_per_batch = Some(mean);
+            report.ratio_to_train_step = Some(mean / step_s);
+            let dir = std::env::temp_dir().join(format!("lalora-bench-{}", std::process::id()));
+            let tensors = curvature.as_ref().expect("timed at least once").tensors().into_iter().map(|(n, t)| (n, t.into_data())).collect();
+            lalora::io::save_tensors(&dir.join("curvature.safetensors"), tensors, None)?;
+            report.curvature_file_mib = Some(std::fs::metadata(dir.join("curvature.safetensors"))?.len() as f64 / (1024.0 * 1024.0));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        if penalty && estimator != Estimator::TriKfac {
+            let curvature = match curvature.take() {
+                Some(c) => c,
+                None => {
+                    let mut acc = Accumulator::new(estimator, adapter_infos(model));
+                    capture_batch(model, batch, FisherType::Mc { samples: 1 }, &mut acc);
+                    acc.finish()
+                }
+            };
+            let mut prior = LaplacePrior::isotropic(&model.valid(), 1e-3);
+            prior.curvature = Some(curvature);
+            let prior = LaplacePrior::<AB>::from_inner(prior);
+            let (mean, _) = time_it(args.warmup, args.steps, || {
+                let grads = prior.quadratic(&moved).mul_scalar(0.5).backward();
+                drop(grads);
+            });
+            report.penalty_ms = Some(mean * 1e3);
+            report.penalty_share_of_step = Some(mean / step_s);
+        }
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            let fmt = |v: Option<f64>, unit: &str, scale: f64| v.map_or("-".to_string(), |x| format!("{:.3}{unit}", x * scale));
+            println!(
+                "{:>8}: laplace {} per batch ({} of a train step), curvature file {}, penalty {} ({} of a step)",
+                report.estimator,
+                fmt(report.laplace_s_per_batch, " s", 1.0),
+                fmt(report.ratio_to_train_step, "x", 1.0),
+                fmt(report.curvature_file_mib, " MiB", 1.0),
+                fmt(report.penalty_ms, " ms", 1.0),
+                fmt(report.penalty_share_of_step, "%", 100.0),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs `lalora bench`.
@@ -102,8 +203,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             times.push(start.elapsed().as_secs_f64());
         }
     }
-    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
-    let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    let (mean, min) = mean_min(&times);
+    let wants = |w: &str| args.what.iter().any(|x| x == w);
+    if wants("laplace") || wants("penalty") {
+        curvature_benches(&args, &model, &batch, mean, wants("laplace"), wants("penalty"))?;
+    }
+    if !wants("train") {
+        return Ok(());
+    }
     let report = BenchReport {
         framework: "lalora",
         backend: lalora_backends::NAME,
