@@ -115,7 +115,7 @@ macro_rules! backend_cases {
                     let sequences: Vec<Sequence> = (0..3).map(|i| Sequence::text(reference.row(i))).collect();
                     let refs: Vec<&Sequence> = sequences.iter().collect();
                     let batch = Batch::new(&refs, device);
-                    let grads = lm_objective(&model, &batch, false).surrogate.backward();
+                    let grads = lm_objective(&model, &batch, false, false).surrogate.backward();
                     model
                         .adapters()
                         .iter()

@@ -53,17 +53,27 @@ pub struct LmObjective<B: AutodiffBackend> {
 }
 
 /// Token-mean NLL of a batch (`sum_t nll_t / num_targets`, dropout on when `train`), with the
-/// head's gradient in closed form.
-pub fn lm_objective<B: AutodiffBackend>(model: &Llama<B>, batch: &Batch<B>, train: bool) -> LmObjective<B> {
+/// head's gradient in closed form. With `head_grad` the surrogate also carries the gradient of
+/// the head weight (`dL/dW = (dL/dlogits)^T h`), for full-parameter training.
+pub fn lm_objective<B: AutodiffBackend>(model: &Llama<B>, batch: &Batch<B>, train: bool, head_grad: bool) -> LmObjective<B> {
     let options = ForwardOptions { train, ..Default::default() };
     let hidden = model.hidden_states(batch.input_ids.clone(), Some(batch.key_mask.clone()), options);
-    let head = model.head_weight().inner();
+    let head = model.head_weight();
+    let head_inner = head.clone().inner();
     let targets = batch.targets.clone().inner();
     let weights = batch.loss_mask.clone().inner().div_scalar(batch.num_targets.max(1) as f64);
-    let out = head_forward(head.clone(), hidden.clone().inner());
+    let hidden_inner = hidden.clone().inner();
+    let out = head_forward(head_inner.clone(), hidden_inner.clone());
     let nll = (out.nll(targets.clone()) * weights.clone()).sum().into_scalar().to_f64();
-    let grad = hidden_grad(head, out.logit_grad(targets, weights));
-    LmObjective { surrogate: (hidden * Tensor::from_inner(grad)).sum(), nll }
+    let logit_grad = out.logit_grad(targets, weights);
+    let mut surrogate = (hidden * Tensor::from_inner(hidden_grad(head_inner, logit_grad.clone()))).sum();
+    if head_grad {
+        let [b, t, v] = logit_grad.dims();
+        let d = hidden_inner.dims()[2];
+        let weight_grad = logit_grad.reshape([b * t, v]).transpose().matmul(hidden_inner.reshape([b * t, d])); // [vocab, hidden]
+        surrogate = surrogate + (head * Tensor::from_inner(weight_grad)).sum();
+    }
+    LmObjective { surrogate, nll }
 }
 
 /// Token-mean NLL of a batch without gradients (for evaluation on any backend).
@@ -126,7 +136,7 @@ where
     O: Optimizer<Llama<B>, B>,
     Llama<B>: AutodiffModule<B>,
 {
-    let LmObjective { surrogate, nll } = lm_objective(&model, batch, true);
+    let LmObjective { surrogate, nll } = lm_objective(&model, batch, true, false);
     let (objective, penalty_value) = match penalty {
         Some(p) => {
             let term = p(&model);

@@ -1,13 +1,13 @@
-//! `lalora eval`: NLL per token and perplexity of JSONL text.
+//! `lalora eval`: score a model (and adapter) on evaluation files of any kind.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use lalora::data::lm_sequences;
-use lalora::eval::score_text;
+use lalora::eval::{evaluate, load_eval_set, EvalOptions, EvalScore};
 use lalora::lalora::load_for_inference;
 use lalora::progress::Progress;
+use serde_json::{json, Value};
 
 use crate::cli::{ModelArgs, B};
 
@@ -16,18 +16,36 @@ use crate::cli::{ModelArgs, B};
 pub struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// JSONL file; each line has a `text` field (or `prompt` + `completion`: completion scored).
-    #[arg(long)]
-    data: PathBuf,
+    /// Evaluation file (JSONL); repeat for several. The records decide the kind: `text` (or
+    /// `prompt` + `completion`, completion scored) -> NLL and perplexity; `context` + `choices`
+    /// + `label` -> acc and acc_norm; `prompt` + `answer` -> accuracy of greedy generation.
+    #[arg(long, required = true)]
+    data: Vec<PathBuf>,
     /// Sequences per forward pass. Padding does not change the numbers.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     /// Keep at most this many tokens of each text (BOS included).
     #[arg(long, default_value_t = 1024)]
     max_len: usize,
-    /// Print one JSON object instead of a table.
+    /// Tokens generated at most per generation item.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Print JSON instead of a table: for one file, that set's object (for text: `tokens`,
+    /// `nll_per_token`, `perplexity`, `sequences`); for several, `{"sets": [...]}`.
     #[arg(long)]
     json: bool,
+}
+
+/// JSON for one set; text sets carry their figures at the top level.
+fn set_json(score: &EvalScore) -> Value {
+    let mut obj = json!({ "name": score.name, "kind": score.kind, "items": score.items, "metrics": score.metrics });
+    if let Some(text) = &score.text {
+        let detail = serde_json::to_value(text).expect("serialisable");
+        for (k, v) in detail.as_object().expect("an object") {
+            obj[k] = v.clone();
+        }
+    }
+    obj
 }
 
 /// Runs `lalora eval`.
@@ -37,18 +55,27 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let device = lalora_backends::device();
     let (model, tokenizer) = load_for_inference::<B>(&args.model.model, args.model.adapter.as_deref(), &device)
         .with_context(|| format!("loading {}", args.model.model.display()))?;
-    let sequences = lm_sequences(&args.data, &tokenizer, args.max_len)?;
-    let progress = Progress::new(!args.json, sequences.len() as u64, "eval");
-    let score = score_text(&model, &sequences, args.batch_size, &progress);
-    progress.finish();
+    let options = EvalOptions { batch_size: args.batch_size, max_len: args.max_len, max_new_tokens: args.max_new_tokens };
+    let mut scores = Vec::new();
+    for path in &args.data {
+        let set = load_eval_set(path, &tokenizer, args.max_len)?;
+        let progress = Progress::new(!args.json, set.len() as u64, &set.name);
+        scores.push(evaluate(&model, &tokenizer, &set, &options, &progress)?);
+        progress.finish();
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&score)?);
-    } else {
-        println!("data         {}", args.data.display());
-        println!("sequences    {}", score.sequences.len());
-        println!("tokens       {}", score.tokens);
-        println!("nll/token    {:.4}", score.nll_per_token);
-        println!("perplexity   {:.3}", score.perplexity);
+        let out = match scores.as_slice() {
+            [one] => set_json(one),
+            many => json!({ "sets": many.iter().map(set_json).collect::<Vec<_>>() }),
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("{:<28} {:<16} {:>6}  metrics", "set", "kind", "items");
+    for s in &scores {
+        let metrics: Vec<String> = s.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+        let tokens = s.text.as_ref().map(|t| format!(" ({} tokens)", t.tokens)).unwrap_or_default();
+        println!("{:<28} {:<16} {:>6}  {}{tokens}", s.name, s.kind, s.items, metrics.join(", "));
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Scoring text: per-token negative log-likelihood and perplexity.
+//! Text sets: per-token negative log-likelihood and perplexity.
 //!
 //! The quantity is transformers' `model(input_ids, labels=input_ids).loss` per sequence: the
 //! mean NLL over every predicted position. File-level figures average over all predicted

@@ -1,0 +1,120 @@
+//! Generation sets: greedy decoding with the KV cache, then exact match of the extracted answer
+//! (the text after the last `####`, else the last number), as in GSM8K.
+
+use burn::tensor::backend::Backend;
+
+use super::EvalOptions;
+use crate::data::Record;
+use crate::error::Result;
+use crate::generate::{generate, SamplingConfig};
+use crate::llama::Llama;
+use crate::progress::Progress;
+use crate::tokenizer::Tokenizer;
+
+/// One tokenised generation item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationItem {
+    /// Prompt tokens (BOS included).
+    pub prompt: Vec<u32>,
+    /// The reference answer.
+    pub answer: String,
+}
+
+impl GenerationItem {
+    /// Tokenises a generation record.
+    pub fn from_record(record: &Record, tokenizer: &Tokenizer) -> Result<Self> {
+        let Record::Generation { prompt, answer } = record else {
+            unreachable!("load_eval_set only passes generation records")
+        };
+        Ok(GenerationItem { prompt: tokenizer.encode(prompt)?, answer: answer.clone() })
+    }
+}
+
+/// The answer in a model's output: what follows the last `####` (up to the end of the line),
+/// else the last number in the text. Commas inside numbers and a trailing period are dropped.
+pub fn extract_answer(text: &str) -> Option<String> {
+    let clean = |s: &str| s.trim().trim_end_matches('.').replace(',', "");
+    if let Some(i) = text.rfind("####") {
+        let rest = text[i + 4..].lines().next().unwrap_or("").trim();
+        let first = rest.split_whitespace().next().unwrap_or("");
+        if !first.is_empty() {
+            return Some(clean(first));
+        }
+    }
+    last_number(text).map(|n| clean(&n))
+}
+
+fn last_number(text: &str) -> Option<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut end = chars.len();
+    while end > 0 && !chars[end - 1].is_ascii_digit() {
+        end -= 1;
+    }
+    if end == 0 {
+        return None;
+    }
+    let mut start = end;
+    while start > 0 && (chars[start - 1].is_ascii_digit() || chars[start - 1] == '.' || chars[start - 1] == ',') {
+        start -= 1;
+    }
+    if start > 0 && chars[start - 1] == '-' {
+        start -= 1;
+    }
+    Some(chars[start..end].iter().collect::<String>().trim_start_matches(['.', ',']).to_string())
+}
+
+/// Whether an extracted answer equals the reference: numerically when both are numbers,
+/// else as trimmed text.
+pub fn answers_match(extracted: &str, expected: &str) -> bool {
+    let (a, b) = (extracted.trim().replace(',', ""), expected.trim().replace(',', ""));
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => (x - y).abs() < 1e-9,
+        _ => a == b,
+    }
+}
+
+/// Fraction of items whose greedy generation contains the right answer. Decoding stops at an
+/// end-of-sequence token or after the first line.
+pub fn score_generation<B: Backend>(
+    model: &Llama<B>,
+    tokenizer: &Tokenizer,
+    items: &[GenerationItem],
+    options: &EvalOptions,
+    progress: &Progress,
+) -> Result<f64> {
+    let config = SamplingConfig { max_new_tokens: options.max_new_tokens, ..Default::default() };
+    let newline: Vec<u32> = tokenizer.encode_with("\n", false)?;
+    let mut stop = model.config.eos_token_ids.clone();
+    if newline.len() == 1 {
+        stop.push(newline[0]);
+    }
+    let mut correct = 0;
+    for item in items {
+        let prompt = &item.prompt[item.prompt.len().saturating_sub(options.max_len.saturating_sub(options.max_new_tokens).max(1))..];
+        let output = generate(model, prompt, &config, &stop);
+        let text = tokenizer.decode(&output)?;
+        if extract_answer(&text).is_some_and(|a| answers_match(&a, &item.answer)) {
+            correct += 1;
+        }
+        progress.inc(1);
+    }
+    Ok(correct as f64 / items.len().max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_extracted_gsm8k_style() {
+        assert_eq!(extract_answer(" 3 + 4 = 7. 7 - 2 = 5. #### 5").as_deref(), Some("5"));
+        assert_eq!(extract_answer("#### 1,234.\nmore #### text").as_deref(), Some("text"));
+        assert_eq!(extract_answer("so the answer is 42.").as_deref(), Some("42"));
+        assert_eq!(extract_answer("it drops to -3").as_deref(), Some("-3"));
+        assert_eq!(extract_answer("no digits here"), None);
+        assert!(answers_match("1,234", "1234"));
+        assert!(answers_match("5.0", "5"));
+        assert!(!answers_match("6", "5"));
+        assert!(answers_match("abc", " abc "));
+    }
+}

@@ -1,0 +1,239 @@
+//! Deterministic synthetic tasks for the forgetting demo.
+//!
+//! Three *source* skills are what the tiny base model learns in pretraining:
+//! - `facts`: knowledge about an invented world of countries (capital, river, flag, ruler,
+//!   main export);
+//! - `strings`: transformations of random words (reverse, capitals, first/last letter,
+//!   doubled);
+//! - `grammar`: subject-verb agreement across prepositional phrases.
+//!
+//! The *target* task, `arithmetic`, is GSM8K-style word problems about the same invented
+//! countries and cities; the pretraining corpus holds no arithmetic at all.
+//!
+//! Everything is a pure function of the seed: each part draws from its own
+//! [`rand::rngs::StdRng`] stream, and the versions pinned in `Cargo.lock` make the output
+//! byte-identical on every platform. [`write_tasks`] writes the JSONL files lalora reads.
+
+mod arithmetic;
+mod facts;
+mod files;
+mod grammar;
+mod record;
+mod sampling;
+mod strings;
+mod words;
+
+pub use files::{write_tasks, TaskFiles};
+pub use record::TaskRecord;
+
+/// Whether a task is knowledge to keep or the new task to learn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskRole {
+    /// Learned in pretraining; its score after fine-tuning measures forgetting.
+    Source,
+    /// Learned by LoRA fine-tuning.
+    Target,
+}
+
+impl TaskRole {
+    /// Prefix of the task's file names: "source" or "target".
+    pub fn file_prefix(self) -> &'static str {
+        match self {
+            TaskRole::Source => "source",
+            TaskRole::Target => "target",
+        }
+    }
+
+    /// Name of the held-out split: "eval" for sources, "test" for the target.
+    pub fn held_out_name(self) -> &'static str {
+        match self {
+            TaskRole::Source => "eval",
+            TaskRole::Target => "test",
+        }
+    }
+}
+
+/// A named list of records, written as the JSONL file `{name}.jsonl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSplit {
+    /// File stem, e.g. "source-facts.train".
+    pub name: String,
+    /// The records, in file order.
+    pub records: Vec<TaskRecord>,
+}
+
+impl TaskSplit {
+    /// The records as JSONL: one line each, every line ending in a newline.
+    pub fn to_jsonl(&self) -> String {
+        self.records.iter().map(|r| r.to_json_line() + "\n").collect()
+    }
+}
+
+/// One generated task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// Short name, e.g. "facts".
+    pub name: String,
+    /// Source skill or target task.
+    pub role: TaskRole,
+    /// Texts this skill adds to the base model's pretraining corpus (empty for the target).
+    pub pretrain: Vec<String>,
+    /// Training records: `{"text"}` for sources (what the Laplace prior is fitted on, drawn
+    /// apart from `pretrain` from the same distribution), `{"prompt","completion"}` for the
+    /// target.
+    pub train: Vec<TaskRecord>,
+    /// Held-out records: multiple choice for sources, `{"prompt","answer"}` for the target.
+    pub eval: Vec<TaskRecord>,
+}
+
+impl Task {
+    /// The train and held-out splits, named after the files they go to
+    /// (`source-facts.train`, `source-facts.eval`, `target-arithmetic.test`, ...).
+    pub fn splits(&self) -> [TaskSplit; 2] {
+        let stem = format!("{}-{}", self.role.file_prefix(), self.name);
+        [
+            TaskSplit { name: format!("{stem}.train"), records: self.train.clone() },
+            TaskSplit { name: format!("{stem}.{}", self.role.held_out_name()), records: self.eval.clone() },
+        ]
+    }
+}
+
+/// How many records of each kind to generate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSizes {
+    /// Countries in the invented world, each with five facts (at least 4 are made).
+    pub fact_entities: usize,
+    /// Pretraining texts per source skill.
+    pub pretrain_per_source: usize,
+    /// Laplace-fit texts per source skill.
+    pub source_train: usize,
+    /// Held-out multiple-choice questions per source skill.
+    pub source_eval: usize,
+    /// Target training problems.
+    pub target_train: usize,
+    /// Target test problems.
+    pub target_test: usize,
+}
+
+impl Default for TaskSizes {
+    /// Sizes for the demo: 30 000 pretraining texts (each of the 900 fact statements about
+    /// 11 times), learnable by a ~1M-parameter model in minutes.
+    fn default() -> Self {
+        TaskSizes {
+            fact_entities: 60,
+            pretrain_per_source: 10_000,
+            source_train: 400,
+            source_eval: 120,
+            target_train: 3000,
+            target_test: 200,
+        }
+    }
+}
+
+impl TaskSizes {
+    /// A few dozen records of each kind, for tests and CI.
+    pub fn tiny() -> Self {
+        TaskSizes {
+            fact_entities: 8,
+            pretrain_per_source: 200,
+            source_train: 24,
+            source_eval: 16,
+            target_train: 48,
+            target_test: 16,
+        }
+    }
+}
+
+/// The three source skills: `facts`, `strings` and `grammar`, in that order.
+pub fn source_tasks(seed: u64, sizes: &TaskSizes) -> Vec<Task> {
+    vec![facts::facts_task(seed, sizes), strings::strings_task(seed, sizes), grammar::grammar_task(seed, sizes)]
+}
+
+/// The target task: `arithmetic` word problems about the facts world.
+pub fn target_task(seed: u64, sizes: &TaskSizes) -> Task {
+    arithmetic::arithmetic_task(seed, sizes)
+}
+
+/// The base model's pretraining texts: every source's `pretrain` texts, interleaved one
+/// from each source in turn so that any prefix of the corpus mixes all skills.
+pub fn pretraining_corpus(sources: &[Task]) -> Vec<String> {
+    let longest = sources.iter().map(|t| t.pretrain.len()).max().unwrap_or(0);
+    (0..longest).flat_map(|i| sources.iter().filter_map(move |t| t.pretrain.get(i).cloned())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_tasks_other_seed_other_tasks() {
+        let sizes = TaskSizes::tiny();
+        assert_eq!(source_tasks(1, &sizes), source_tasks(1, &sizes));
+        assert_eq!(target_task(1, &sizes), target_task(1, &sizes));
+        let (a, b) = (source_tasks(1, &sizes), source_tasks(2, &sizes));
+        for (x, y) in a.iter().zip(&b) {
+            assert_ne!(x.pretrain, y.pretrain, "{}", x.name);
+            assert_ne!(x.eval, y.eval, "{}", x.name);
+        }
+        assert_ne!(target_task(1, &sizes).train, target_task(2, &sizes).train);
+    }
+
+    #[test]
+    fn tasks_have_the_requested_sizes_and_roles() {
+        let sizes = TaskSizes::tiny();
+        let sources = source_tasks(3, &sizes);
+        let names: Vec<&str> = sources.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["facts", "strings", "grammar"]);
+        for task in &sources {
+            assert_eq!(task.role, TaskRole::Source);
+            assert_eq!(task.pretrain.len(), sizes.pretrain_per_source, "{}", task.name);
+            assert_eq!(task.train.len(), sizes.source_train, "{}", task.name);
+            assert_eq!(task.eval.len(), sizes.source_eval, "{}", task.name);
+            assert!(task.train.iter().all(|r| matches!(r, TaskRecord::Text { .. })));
+            assert!(task.eval.iter().all(|r| matches!(r, TaskRecord::MultipleChoice { .. })));
+        }
+        let target = target_task(3, &sizes);
+        assert_eq!(target.role, TaskRole::Target);
+        assert!(target.pretrain.is_empty());
+        let split_names = target.splits().map(|s| s.name);
+        assert_eq!(split_names, ["target-arithmetic.train", "target-arithmetic.test"]);
+    }
+
+    #[test]
+    fn every_choice_label_is_in_range_and_its_choice_unique() {
+        for task in source_tasks(4, &TaskSizes::default()) {
+            for record in &task.eval {
+                let TaskRecord::MultipleChoice { choices, label, .. } = record else { panic!("{record:?}") };
+                assert!(*label < choices.len(), "{record:?}");
+                assert_eq!(choices.iter().filter(|c| **c == choices[*label]).count(), 1, "{record:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn pretraining_corpus_interleaves_and_holds_no_arithmetic() {
+        let sizes = TaskSizes::default();
+        let sources = source_tasks(5, &sizes);
+        let corpus = pretraining_corpus(&sources);
+        assert_eq!(corpus.len(), 3 * sizes.pretrain_per_source);
+        assert_eq!(
+            corpus[..3],
+            [sources[0].pretrain[0].clone(), sources[1].pretrain[0].clone(), sources[2].pretrain[0].clone()]
+        );
+        for text in &corpus {
+            assert!(!text.chars().any(|c| c.is_ascii_digit() || "+-*=#?".contains(c)), "{text}");
+            assert!(!text.contains("How many"), "{text}");
+            assert!(text.len() <= 100, "{text}");
+        }
+    }
+
+    #[test]
+    fn splits_serialise_one_record_per_line() {
+        let task = target_task(0, &TaskSizes::tiny());
+        let [train, test] = task.splits();
+        let jsonl = test.to_jsonl();
+        assert_eq!(jsonl.lines().count(), test.records.len());
+        assert!(jsonl.ends_with('\n'));
+        assert_eq!(train.records, task.train);
+    }
+}
