@@ -19,7 +19,11 @@ pub mod laplace;
 pub mod llama;
 pub mod lora;
 pub mod loss;
+pub mod plot;
+pub mod pretrain;
 pub mod progress;
+pub mod sweep;
+pub mod tasks;
 pub mod tokenizer;
 pub mod train;
 

@@ -82,3 +82,79 @@ impl Tokenizer {
         &self.path
     }
 }
+
+/// Special tokens of tokenizers lalora trains, in id order after the learned vocabulary
+/// (Llama 3's names).
+pub const BOS: &str = "<|begin_of_text|>";
+/// End of text.
+pub const EOS: &str = "<|end_of_text|>";
+/// Padding (never scored: batches mask it out).
+pub const PAD: &str = "<|pad|>";
+
+/// Trains a byte-level BPE tokenizer on `texts` with the `tokenizers` crate: digits split one
+/// by one (so arithmetic sees every digit), no prefix space, BOS added by the post-processor
+/// as in Llama 3.
+pub fn train_bpe(texts: &[String], vocab_size: usize) -> Result<Tokenizer> {
+    use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+    use tokenizers::models::bpe::{BpeTrainer, BPE};
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::pre_tokenizers::digits::Digits;
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    use tokenizers::processors::template::TemplateProcessing;
+    use tokenizers::models::TrainerWrapper;
+    use tokenizers::AddedToken;
+
+    let path = PathBuf::from("<trained tokenizer>");
+    let fail = |e: tokenizers::Error| Error::Tokenizer { path: path.clone(), reason: e.to_string() };
+    let byte_level = ByteLevel::new(false, true, true);
+    let mut tokenizer = tokenizers::Tokenizer::new(BPE::default());
+    tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![Digits::new(true).into(), byte_level.into()])));
+    tokenizer.with_decoder(Some(ByteLevelDecoder::new(false, true, true)));
+    let specials = [BOS, EOS, PAD].iter().map(|t| AddedToken::from(t.to_string(), true)).collect::<Vec<_>>();
+    let mut trainer: TrainerWrapper = BpeTrainer::builder()
+        .vocab_size(vocab_size)
+        .min_frequency(2)
+        .show_progress(false)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .special_tokens(specials)
+        .build()
+        .into();
+    tokenizer.train(&mut trainer, texts.iter()).map_err(fail)?;
+    let bos_id = tokenizer.token_to_id(BOS).expect("special token was added");
+    let template = TemplateProcessing::builder()
+        .try_single(format!("{BOS} $A"))
+        .map_err(|e| fail(e.into()))?
+        .try_pair(format!("{BOS} $A {BOS} $B"))
+        .map_err(|e| fail(e.into()))?
+        .special_tokens(vec![(BOS.to_string(), bos_id)])
+        .build()
+        .map_err(|e| fail(e.into()))?;
+    tokenizer.with_post_processor(Some(template));
+    Ok(Tokenizer::from_inner(tokenizer, path))
+}
+
+impl Tokenizer {
+    /// Writes `tokenizer.json` to `path` (atomically).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = self.inner.to_string(true).map_err(|e| Error::Tokenizer { path: path.to_path_buf(), reason: e.to_string() })?;
+        crate::io::write_atomic(path, json.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trained_tokenizer_adds_bos_splits_digits_and_round_trips() {
+        let texts: Vec<String> = (0..200).map(|i| format!("The capital of Zorvia is Pellmar. It has {i} boats.")).collect();
+        let tok = train_bpe(&texts, 300).unwrap();
+        let ids = tok.encode("Zorvia has 123 boats.").unwrap();
+        assert_eq!(ids[0], tok.token_id(BOS).unwrap());
+        assert_eq!(tok.decode(&ids).unwrap(), "Zorvia has 123 boats.");
+        let digits: Vec<u32> = tok.encode_with("123", false).unwrap();
+        assert_eq!(digits.len(), 3, "one token per digit");
+        assert!(tok.token_id(EOS).is_some() && tok.token_id(PAD).is_some());
+        assert!(tok.vocab_size() <= 300);
+    }
+}

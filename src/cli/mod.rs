@@ -27,6 +27,16 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Fit the Laplace prior over the LoRA weights on source data (Diag, B-KFAC, B-Tri-KFAC).
     Laplace(commands::laplace::LaplaceArgs),
+    /// Write the bundled synthetic source skills and arithmetic target task as JSONL.
+    Tasks(commands::tasks::TasksArgs),
+    /// Build the bundled tiny model: tasks, BPE tokenizer, full-parameter pretraining.
+    Pretrain(commands::pretrain::PretrainArgs),
+    /// Fine-tune LoRA adapters: plain, with an isotropic penalty, or with the Laplace prior.
+    Train(commands::train::TrainArgs),
+    /// Train every (method, lambda) setting and compare learning and forgetting (CSV, JSON, plot).
+    Sweep(commands::sweep::SweepArgs),
+    /// The bundled end-to-end run: tasks, priors, a small sweep, table, plot and its reading.
+    Demo(commands::sweep::DemoArgs),
     /// Measure one LoRA training step (tokens/s, peak memory) on a model preset.
     Bench(commands::bench::BenchArgs),
 }
@@ -37,6 +47,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => commands::eval::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Laplace(args) => commands::laplace::run(args),
+        Command::Tasks(args) => commands::tasks::run(args),
+        Command::Pretrain(args) => commands::pretrain::run(args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Sweep(args) => commands::sweep::run(args),
+        Command::Demo(args) => commands::sweep::run_demo(args),
         Command::Bench(args) => commands::bench::run(args),
     }
 }

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, ParamId};
+use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
@@ -17,7 +17,7 @@ use burn::tensor::cast::ToElement;
 use serde::{Deserialize, Serialize};
 
 use super::schedule::{LrSchedule, ScheduleKind};
-use super::step::{clip_global_norm, lm_objective, AdamWSettings};
+use super::step::{clip_global_norm, lm_objective, trainable_params, AdamWSettings};
 use crate::data::{Batch, DataPosition, Sequence, Shuffler};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalOptions, EvalScore, EvalSet};
@@ -290,7 +290,7 @@ pub fn train<B: AutodiffBackend>(
     let penalty_scale = options.lambda / 2.0;
     let penalty = |m: &Llama<B>| prior.expect("checked above").quadratic(m).mul_scalar(penalty_scale);
     let use_penalty = options.method != Method::Lora && options.lambda > 0.0;
-    let param_ids: Vec<ParamId> = model.adapters().iter().flat_map(|a| [a.lora_a.id, a.lora_b.id]).collect();
+    let params = trainable_params(&model);
     let schedule = options.schedule();
     let mut shuffler = Shuffler::new(data.len(), options.seed, position);
     let progress = Progress::new(show_progress, options.steps as u64, options.method.name());
@@ -332,7 +332,7 @@ pub fn train<B: AutodiffBackend>(
             )));
         }
         let mut grads = accumulator.grads();
-        let grad_norm = clip_global_norm::<B>(&mut grads, &param_ids, options.clip);
+        let grad_norm = clip_global_norm::<B>(&mut grads, &params, options.clip);
         model = optim.step(lr, model, grads);
         step += 1;
         last_loss = loss;

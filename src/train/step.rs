@@ -1,7 +1,7 @@
 //! One optimiser step on a batch: forward with dropout, token-mean NLL plus an optional
 //! penalty, backward, global-norm clipping, AdamW.
 
-use burn::module::{AutodiffModule, ParamId};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::cast::ToElement as _;
@@ -95,25 +95,51 @@ pub struct StepOutput {
     pub grad_norm: f64,
 }
 
+/// A parameter's id and rank, so its gradient can be read back with the right type.
+pub type ParamRef = (ParamId, usize);
+
+/// Every parameter that requires a gradient, with its rank.
+pub fn trainable_params<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamRef> {
+    struct Collect(Vec<ParamRef>);
+    impl<B: Backend> ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if param.is_require_grad() {
+                self.0.push((param.id, D));
+            }
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    module.visit(&mut collect);
+    collect.0
+}
+
 /// Rescales all gradients so their joint L2 norm is at most `max_norm` (PyTorch's
-/// `clip_grad_norm_`); returns the norm before clipping.
-pub fn clip_global_norm<B: AutodiffBackend>(grads: &mut GradientsParams, ids: &[ParamId], max_norm: Option<f64>) -> f64 {
-    let mut taken: Vec<(ParamId, Tensor<B::InnerBackend, 2>)> =
-        ids.iter().filter_map(|id| grads.remove::<B::InnerBackend, 2>(*id).map(|g| (*id, g))).collect();
-    let squares: Vec<Tensor<B::InnerBackend, 1>> = taken.iter().map(|(_, g)| g.clone().square().sum()).collect();
-    let norm = if squares.is_empty() {
-        0.0
-    } else {
-        Tensor::cat(squares, 0).sum().into_scalar().to_f64().sqrt()
-    };
+/// `clip_grad_norm_`); returns the norm before clipping. Parameters of rank 1 and 2 (norm
+/// gains and matrices) are supported.
+pub fn clip_global_norm<B: AutodiffBackend>(grads: &mut GradientsParams, params: &[ParamRef], max_norm: Option<f64>) -> f64 {
+    type Inner<B> = <B as AutodiffBackend>::InnerBackend;
+    let mut squares: Vec<Tensor<Inner<B>, 1>> = Vec::new();
+    for &(id, rank) in params {
+        match rank {
+            1 => squares.extend(grads.get::<Inner<B>, 1>(id).map(|g| g.square().sum())),
+            2 => squares.extend(grads.get::<Inner<B>, 2>(id).map(|g| g.square().sum())),
+            other => panic!("clip_global_norm: rank-{other} parameters are not supported"),
+        }
+    }
+    let norm = if squares.is_empty() { 0.0 } else { Tensor::cat(squares, 0).sum().into_scalar().to_f64().sqrt() };
     if let Some(max) = max_norm {
         if norm > max {
             let factor = max / (norm + 1e-6);
-            taken = taken.into_iter().map(|(id, g)| (id, g.mul_scalar(factor))).collect();
+            for &(id, rank) in params {
+                if rank == 1 {
+                    if let Some(g) = grads.remove::<Inner<B>, 1>(id) {
+                        grads.register::<Inner<B>, 1>(id, g.mul_scalar(factor));
+                    }
+                } else if let Some(g) = grads.remove::<Inner<B>, 2>(id) {
+                    grads.register::<Inner<B>, 2>(id, g.mul_scalar(factor));
+                }
+            }
         }
-    }
-    for (id, g) in taken {
-        grads.register::<B::InnerBackend, 2>(id, g);
     }
     norm
 }
@@ -147,12 +173,7 @@ where
     };
     let grads = objective.backward();
     let mut grads = GradientsParams::from_grads(grads, &model);
-    let ids: Vec<ParamId> = model
-        .adapters()
-        .iter()
-        .flat_map(|a| [a.lora_a.id, a.lora_b.id])
-        .collect();
-    let grad_norm = clip_global_norm::<B>(&mut grads, &ids, clip);
+    let grad_norm = clip_global_norm::<B>(&mut grads, &trainable_params(&model), clip);
     let loss = nll;
     let penalty = penalty_value.map_or(0.0, |p| p.into_scalar().to_f64());
     let model = optim.step(lr, model, grads);
