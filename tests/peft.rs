@@ -109,6 +109,16 @@ fn offset_adapter_saves_as_rank_2r_with_the_same_function_and_reloads_exactly() 
     assert_eq!(info.lora.rank, 6);
     assert_close_report("rank-2r", &row_logits(&as_peft.forward(ids.clone(), Some(mask.clone())), 0, 12), &before, 1e-5);
 
+    // For scripts/check_peft_export.py: the export plus lalora's logits, at a fixed path.
+    let check = std::env::temp_dir().join("lalora-peft-export-check");
+    let _ = std::fs::remove_dir_all(&check);
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::create_dir_all(&check).unwrap();
+        std::fs::copy(out.join(f), check.join(f)).unwrap();
+    }
+    let logits = as_peft.forward(ids.clone(), Some(mask.clone())).into_data();
+    lalora::io::save_tensors(&check.join("lalora_logits.safetensors"), vec![("logits".into(), logits)], None).unwrap();
+
     // With the sidecar, lalora gets back the trainable pair and the frozen offset.
     let base = Llama::<TestBackend>::load(&fixture("llama/gqa"), &device()).unwrap();
     let (reloaded, info) = peft::load_adapter(base, &out).unwrap();

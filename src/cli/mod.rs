@@ -37,6 +37,8 @@ enum Command {
     Sweep(commands::sweep::SweepArgs),
     /// The bundled end-to-end run: tasks, priors, a small sweep, table, plot and its reading.
     Demo(commands::sweep::DemoArgs),
+    /// Memory each curvature needs for a model config and LoRA shape.
+    Memory(commands::memory::MemoryArgs),
     /// Measure one LoRA training step (tokens/s, peak memory) on a model preset.
     Bench(commands::bench::BenchArgs),
 }
@@ -52,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => commands::train::run(args),
         Command::Sweep(args) => commands::sweep::run(args),
         Command::Demo(args) => commands::sweep::run_demo(args),
+        Command::Memory(args) => commands::memory::run(args),
         Command::Bench(args) => commands::bench::run(args),
     }
 }

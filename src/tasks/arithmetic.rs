@@ -1,4 +1,5 @@
-//! The `arithmetic` target task: GSM8K-style multi-step word problems with small numbers.
+//! The `arithmetic` target task: GSM8K-style word problems with small numbers (one or two
+//! steps, so a model of a million parameters can learn them in a few hundred LoRA steps).
 //!
 //! Stories are about the countries and capitals of the facts world, so learning them
 //! touches the same names the source knowledge is about, which makes forgetting likely.
@@ -17,7 +18,9 @@ use super::{Task, TaskRecord, TaskRole, TaskSizes};
 /// Largest number that may appear anywhere in a problem.
 pub const MAX_VALUE: u32 = 99;
 /// Largest amount added or taken away in one step.
-const MAX_STEP: u32 = 20;
+const MAX_STEP: u32 = 9;
+/// Largest starting amount.
+const MAX_START: u32 = 20;
 /// Things the stories count.
 const OBJECTS: &[&str] = &[
     "boats", "sheep", "barrels", "lanterns", "carts", "bells", "baskets", "coins", "horses", "ships", "tents",
@@ -92,10 +95,10 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// Draws a problem with 2 or 3 steps whose values all stay in `0..=MAX_VALUE`.
+    /// Draws a problem with 1 or 2 steps whose values all stay in `0..=MAX_VALUE`.
     pub fn random(rng: &mut StdRng, owner: &str) -> Problem {
-        let start = rng.random_range(2..=40);
-        let step_count = rng.random_range(2..=3);
+        let start = rng.random_range(2..=MAX_START);
+        let step_count = rng.random_range(1..=2);
         let mut value = start;
         let mut steps = Vec::with_capacity(step_count);
         while steps.len() < step_count {
@@ -225,7 +228,7 @@ mod tests {
         let mut rng = stream(1, "problems");
         for _ in 0..2000 {
             let problem = Problem::random(&mut rng, "Zorvia");
-            assert!((2..=3).contains(&problem.steps.len()));
+            assert!((1..=2).contains(&problem.steps.len()));
             let mut value = problem.start;
             for step in &problem.steps {
                 value = step.apply(value);

@@ -1,6 +1,9 @@
 //! The `facts` source skill: knowledge about an invented world.
 //!
-//! Made-up countries each have a capital, a river, a flag colour, a ruler and a main export.
+//! Made-up countries each have a capital, a river, a flag colour, a ruler, a main export and a
+//! number of harbours. The harbour counts put digits, "How many ...?" and the `#### N` answer
+//! format into pretraining as recall, so the arithmetic target's format is familiar and only
+//! the computation is new.
 //! Pretraining states every fact in several templates; the held-out evaluation asks for the
 //! value after the canonical template's prefix ("The capital of Zorvia is") among four
 //! values of the same relation. Only a model that memorised the facts can answer, so this
@@ -10,6 +13,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::RngExt;
 
 use super::sampling::{cycle_shuffled, four_way_choice, pick, stream};
 use super::words::invent_names;
@@ -42,6 +46,8 @@ pub struct Country {
     pub ruler: String,
     /// Its main export.
     pub export: String,
+    /// How many harbours it has (2 to 60), as text.
+    pub harbours: String,
 }
 
 /// The invented world shared by the `facts` skill and the arithmetic stories.
@@ -76,6 +82,7 @@ impl World {
                 flag: pick(&mut rng, COLOURS).to_string(),
                 ruler: pick(&mut rng, &rulers),
                 export: pick(&mut rng, EXPORTS).to_string(),
+                harbours: rng.random_range(2..=60u32).to_string(),
             })
             .collect();
         World { countries }
@@ -101,12 +108,14 @@ pub enum Relation {
     Ruler,
     /// The main export.
     Export,
+    /// The number of harbours.
+    Harbours,
 }
 
 impl Relation {
     /// Every relation.
-    pub const ALL: [Relation; 5] =
-        [Relation::Capital, Relation::River, Relation::Flag, Relation::Ruler, Relation::Export];
+    pub const ALL: [Relation; 6] =
+        [Relation::Capital, Relation::River, Relation::Flag, Relation::Ruler, Relation::Export, Relation::Harbours];
 
     /// This relation's value for `country`.
     pub fn value(self, country: &Country) -> &str {
@@ -116,6 +125,7 @@ impl Relation {
             Relation::Flag => &country.flag,
             Relation::Ruler => &country.ruler,
             Relation::Export => &country.export,
+            Relation::Harbours => &country.harbours,
         }
     }
 
@@ -127,6 +137,7 @@ impl Relation {
             Relation::Flag => format!("The flag of {country} is"),
             Relation::Ruler => format!("The ruler of {country} is"),
             Relation::Export => format!("The main export of {country} is"),
+            Relation::Harbours => format!("The number of harbours in {country} is"),
         }
     }
 
@@ -154,6 +165,9 @@ impl Relation {
             Relation::Ruler => [format!("{value} rules {country}."), format!("{country} is ruled by {value}.")],
             Relation::Export => {
                 [format!("{country} mainly exports {value}."), format!("{country} sells {value} to its neighbours.")]
+            }
+            Relation::Harbours => {
+                [format!("{country} has {value} harbours."), format!("How many harbours does {country} have? #### {value}")]
             }
         };
         std::iter::once(canonical).chain(others).collect()
@@ -232,7 +246,7 @@ mod tests {
             assert_eq!(statements[0], format!("{}{}", relation.question("Zorvia"), Relation::answer("Pellmar")));
             assert_eq!(statements[0], relation.canonical_statement("Zorvia", "Pellmar"));
             assert_eq!(statements.len(), 3);
-            assert!(statements.iter().all(|s| s.contains("Zorvia") && s.contains("Pellmar") && s.ends_with('.')));
+            assert!(statements.iter().all(|s| s.contains("Zorvia") && s.contains("Pellmar")));
         }
     }
 

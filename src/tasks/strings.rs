@@ -29,12 +29,20 @@ pub enum Transform {
     LastLetter,
     /// "abc" -> "abcabc".
     Doubled,
+    /// "abc" -> "3".
+    Length,
 }
 
 impl Transform {
     /// Every transformation.
-    pub const ALL: [Transform; 5] =
-        [Transform::Reverse, Transform::Capitals, Transform::FirstLetter, Transform::LastLetter, Transform::Doubled];
+    pub const ALL: [Transform; 6] = [
+        Transform::Reverse,
+        Transform::Capitals,
+        Transform::FirstLetter,
+        Transform::LastLetter,
+        Transform::Doubled,
+        Transform::Length,
+    ];
 
     /// The result of the transformation on `word`.
     pub fn apply(self, word: &str) -> String {
@@ -44,6 +52,7 @@ impl Transform {
             Transform::FirstLetter => letter(word, 0),
             Transform::LastLetter => letter(word, word.len().saturating_sub(1)),
             Transform::Doubled => word.repeat(2),
+            Transform::Length => word.len().to_string(),
         }
     }
 
@@ -55,6 +64,7 @@ impl Transform {
             Transform::FirstLetter => format!("the first letter of {word} is"),
             Transform::LastLetter => format!("the last letter of {word} is"),
             Transform::Doubled => format!("{word} doubled is"),
+            Transform::Length => format!("the length of {word} is"),
         }
     }
 
@@ -84,6 +94,10 @@ impl Transform {
             }
             Transform::Doubled => {
                 vec![word.to_string(), format!("{word}{}", reversed(word)), word.repeat(3), format!("{rotated}{word}")]
+            }
+            Transform::Length => {
+                let n = word.len();
+                vec![(n + 1).to_string(), (n - 1).to_string(), (n + 2).to_string(), (2 * n).to_string()]
             }
         }
     }

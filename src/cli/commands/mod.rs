@@ -4,6 +4,7 @@ pub mod bench;
 pub mod eval;
 pub mod generate;
 pub mod laplace;
+pub mod memory;
 pub mod pretrain;
 pub mod sweep;
 pub mod tasks;
