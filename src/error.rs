@@ -32,6 +32,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A setting passed as a flag or function argument is out of range or unsupported.
+    #[error("--{name}: {reason}")]
+    BadArgument {
+        /// The flag's name (without dashes).
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A safetensors file is not readable as such.
     #[error("{path}: not a valid safetensors file: {reason}")]
     Safetensors {
@@ -133,7 +141,7 @@ impl Error {
     }
 
     /// A bad command-line flag or library argument (no file involved).
-    pub fn arg(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::config("<arguments>", field, reason)
+    pub fn arg(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::BadArgument { name: name.into(), reason: reason.into() }
     }
 }

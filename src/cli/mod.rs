@@ -22,24 +22,34 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Score JSONL text with a model (and adapter): NLL per token and perplexity.
+    #[command(allow_negative_numbers = true)]
     Eval(commands::eval::EvalArgs),
     /// Generate text from a prompt, greedily or by sampling, with the KV cache.
+    #[command(allow_negative_numbers = true)]
     Generate(commands::generate::GenerateArgs),
     /// Fit the Laplace prior over the LoRA weights on source data (Diag, B-KFAC, B-Tri-KFAC).
+    #[command(allow_negative_numbers = true)]
     Laplace(commands::laplace::LaplaceArgs),
     /// Write the bundled synthetic source skills and arithmetic target task as JSONL.
+    #[command(allow_negative_numbers = true)]
     Tasks(commands::tasks::TasksArgs),
     /// Build the bundled tiny model: tasks, BPE tokenizer, full-parameter pretraining.
+    #[command(allow_negative_numbers = true)]
     Pretrain(commands::pretrain::PretrainArgs),
     /// Fine-tune LoRA adapters: plain, with an isotropic penalty, or with the Laplace prior.
+    #[command(allow_negative_numbers = true)]
     Train(commands::train::TrainArgs),
     /// Train every (method, lambda) setting and compare learning and forgetting (CSV, JSON, plot).
+    #[command(allow_negative_numbers = true)]
     Sweep(commands::sweep::SweepArgs),
     /// The bundled end-to-end run: tasks, priors, a small sweep, table, plot and its reading.
+    #[command(allow_negative_numbers = true)]
     Demo(commands::sweep::DemoArgs),
     /// Memory each curvature needs for a model config and LoRA shape.
+    #[command(allow_negative_numbers = true)]
     Memory(commands::memory::MemoryArgs),
     /// Measure one LoRA training step (tokens/s, peak memory) on a model preset.
+    #[command(allow_negative_numbers = true)]
     Bench(commands::bench::BenchArgs),
 }
 
