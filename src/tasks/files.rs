@@ -4,7 +4,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{pretraining_corpus, source_tasks, target_task, Task, TaskRecord, TaskSizes, TaskSplit};
+use super::{background_tasks, pretraining_corpus, source_tasks, target_task, Task, TaskRecord, TaskSizes, TaskSplit};
 
 /// Where [`write_tasks`] put each file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +31,8 @@ pub fn write_tasks(dir: &Path, seed: u64, sizes: &TaskSizes) -> io::Result<TaskF
     fs::create_dir_all(dir)?;
     let sources = source_tasks(seed, sizes);
     let target = target_task(seed, sizes);
-    let corpus = pretraining_corpus(&sources);
+    let pretrained: Vec<Task> = sources.iter().cloned().chain(background_tasks(seed, sizes)).collect();
+    let corpus = pretraining_corpus(&pretrained);
 
     let pretrain_split =
         TaskSplit { name: "pretrain".into(), records: corpus.iter().cloned().map(TaskRecord::text).collect() };
@@ -81,7 +82,7 @@ fn readme(seed: u64, sources: &[Task], target: &Task) -> String {
     let mut text = format!(
         "Synthetic tasks of the lalora forgetting demo, generated from seed {seed}.\n\
          Every file is JSONL: one JSON object per line.\n\n\
-         pretrain.jsonl\n  {{\"text\"}} lines the tiny base model is pretrained on: the source skills below, interleaved.\n  \
+         pretrain.jsonl\n  {{\"text\"}} lines the tiny base model is pretrained on: the source skills below and sums stated in words, interleaved.\n  \
          It holds no arithmetic, so the base model starts out bad at the target task.\n"
     );
     for task in sources {
@@ -136,7 +137,8 @@ mod tests {
         let target = target_task(42, &sizes);
 
         let pretrain = read_records(&files.pretrain);
-        assert_eq!(pretrain, pretraining_corpus(&sources).into_iter().map(TaskRecord::text).collect::<Vec<_>>());
+        let pretrained: Vec<Task> = sources.iter().cloned().chain(background_tasks(42, &sizes)).collect();
+        assert_eq!(pretrain, pretraining_corpus(&pretrained).into_iter().map(TaskRecord::text).collect::<Vec<_>>());
         assert_eq!(files.sources.len(), 3);
         for ((name, train, eval), task) in files.sources.iter().zip(&sources) {
             assert_eq!(*name, task.name);

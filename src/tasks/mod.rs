@@ -8,7 +8,9 @@
 //! - `grammar`: subject-verb agreement across prepositional phrases.
 //!
 //! The *target* task, `arithmetic`, is GSM8K-style word problems about the same invented
-//! countries and cities; the pretraining corpus holds no arithmetic at all.
+//! countries and cities. The pretraining corpus holds no word problem and none of their
+//! notation; it does state small sums in words (the *background* `numbers` knowledge), so
+//! fine-tuning teaches a format on top of knowledge the model has, as with a real LLM.
 //!
 //! Everything is a pure function of the seed: each part draws from its own
 //! [`rand::rngs::StdRng`] stream, and the versions pinned in `Cargo.lock` make the output
@@ -18,6 +20,7 @@ mod arithmetic;
 mod facts;
 mod files;
 mod grammar;
+mod numbers;
 mod record;
 mod sampling;
 mod strings;
@@ -33,6 +36,8 @@ pub enum TaskRole {
     Source,
     /// Learned by LoRA fine-tuning.
     Target,
+    /// General knowledge in the pretraining corpus, neither evaluated nor fine-tuned on.
+    Background,
 }
 
 impl TaskRole {
@@ -41,13 +46,14 @@ impl TaskRole {
         match self {
             TaskRole::Source => "source",
             TaskRole::Target => "target",
+            TaskRole::Background => "background",
         }
     }
 
     /// Name of the held-out split: "eval" for sources, "test" for the target.
     pub fn held_out_name(self) -> &'static str {
         match self {
-            TaskRole::Source => "eval",
+            TaskRole::Source | TaskRole::Background => "eval",
             TaskRole::Target => "test",
         }
     }
@@ -149,6 +155,11 @@ pub fn source_tasks(seed: u64, sizes: &TaskSizes) -> Vec<Task> {
     vec![facts::facts_task(seed, sizes), strings::strings_task(seed, sizes), grammar::grammar_task(seed, sizes)]
 }
 
+/// Background knowledge for the pretraining corpus only: `numbers` (sums in words).
+pub fn background_tasks(seed: u64, sizes: &TaskSizes) -> Vec<Task> {
+    vec![numbers::numbers_task(seed, sizes)]
+}
+
 /// The target task: `arithmetic` word problems about the facts world.
 pub fn target_task(seed: u64, sizes: &TaskSizes) -> Task {
     arithmetic::arithmetic_task(seed, sizes)
@@ -221,7 +232,10 @@ mod tests {
             [sources[0].pretrain[0].clone(), sources[1].pretrain[0].clone(), sources[2].pretrain[0].clone()]
         );
         // Digits, questions and `####` appear (as recall); arithmetic does not.
-        for text in &corpus {
+        let with_background: Vec<Task> = sources.iter().cloned().chain(background_tasks(5, &sizes)).collect();
+        let corpus_all = pretraining_corpus(&with_background);
+        assert!(corpus_all.iter().any(|t| t.contains(" plus ")));
+        for text in &corpus_all {
             assert!(!text.chars().any(|c| "+*=".contains(c)), "{text}");
             assert!(!text.contains(" - ") && !text.contains("now?"), "{text}");
             assert!(text.len() <= 100, "{text}");
