@@ -36,6 +36,29 @@ fn fitted(estimator: Estimator, delta: f64) -> (Llama<AB>, LoraConfig, LaplacePr
     (model, lora, LaplacePrior::from_inner(prior))
 }
 
+/// What `lalora laplace` would record for the all7 fixture adapters.
+fn meta(curvature: Estimator, prior_precision: f64, lora: &LoraConfig) -> LaplaceMeta {
+    LaplaceMeta {
+        curvature,
+        fisher: "empirical".into(),
+        samples: 1,
+        tokens: 25,
+        prior_precision,
+        scale: 2.0,
+        rank: 4,
+        alpha: 8.0,
+        rslora: false,
+        targets: lora.targets.clone(),
+        init: LoraInit::Peft,
+        data: vec!["x.jsonl".into()],
+        batches_per_file: 1,
+        batch_size: 3,
+        max_len: 12,
+        seed: 0,
+        lalora_version: "test".into(),
+    }
+}
+
 /// Moves every adapter away from the anchor by a deterministic perturbation.
 fn perturbed(model: &Llama<AB>, amount: f64) -> Llama<AB> {
     let mut m = model.clone();
@@ -149,25 +172,7 @@ fn save_then_load_gives_the_same_prior() {
     for estimator in [Estimator::Diag, Estimator::Kfac, Estimator::TriKfac] {
         let (model, lora, prior) = fitted(estimator, 0.2);
         let dir = temp_dir(&format!("prior-{}", estimator.name()));
-        let meta = LaplaceMeta {
-            curvature: estimator,
-            fisher: "empirical".into(),
-            samples: 1,
-            tokens: 25,
-            prior_precision: 0.2,
-            scale: 2.0,
-            rank: 4,
-            alpha: 8.0,
-            rslora: false,
-            targets: lora.targets.clone(),
-            init: LoraInit::Peft,
-            data: vec!["x.jsonl".into()],
-            batches_per_file: 1,
-            batch_size: 3,
-            max_len: 12,
-            seed: 0,
-            lalora_version: "test".into(),
-        };
+        let meta = meta(estimator, 0.2, &lora);
         prior.save(&dir, &meta, &model, &lora).unwrap();
         let (loaded, loaded_meta) = LaplacePrior::load(&dir, &model).unwrap();
         assert_eq!(loaded_meta, meta);
@@ -185,25 +190,7 @@ fn save_then_load_gives_the_same_prior() {
 fn a_prior_for_other_adapters_is_refused_with_the_reason() {
     let (model, lora, prior) = fitted(Estimator::Kfac, 0.0);
     let dir = temp_dir("prior-mismatch");
-    let meta = LaplaceMeta {
-        curvature: Estimator::Kfac,
-        fisher: "empirical".into(),
-        samples: 1,
-        tokens: 25,
-        prior_precision: 0.0,
-        scale: 2.0,
-        rank: 4,
-        alpha: 8.0,
-        rslora: false,
-        targets: lora.targets.clone(),
-        init: LoraInit::Peft,
-        data: vec![],
-        batches_per_file: 1,
-        batch_size: 3,
-        max_len: 12,
-        seed: 0,
-        lalora_version: "test".into(),
-    };
+    let meta = meta(Estimator::Kfac, 0.0, &lora);
     prior.save(&dir, &meta, &model, &lora).unwrap();
     let other = Llama::<AB>::load(&fixture("llama/gqa"), &device())
         .unwrap()

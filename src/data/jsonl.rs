@@ -2,12 +2,15 @@
 
 use std::path::Path;
 
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-/// One record of a data file.
-#[derive(Debug, Clone, PartialEq)]
+/// One record of a data file. Serialised without a tag: the field names alone tell the kinds
+/// apart, as the reader expects them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
 pub enum Record {
     /// `{"text": ...}`: language modelling on every token.
     Text {
@@ -41,6 +44,22 @@ pub enum Record {
 }
 
 impl Record {
+    /// A `{"text": ...}` record.
+    pub fn text(text: impl Into<String>) -> Self {
+        Record::Text { text: text.into() }
+    }
+
+    /// The record as one line of JSON, without a trailing newline.
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).expect("strings, integers and lists of strings serialise")
+    }
+
+    /// Parses one JSON line (the reader's rules; the error says what is wrong).
+    pub fn from_json_line(line: &str) -> std::result::Result<Record, String> {
+        let value: Value = serde_json::from_str(line).map_err(|e| format!("malformed JSON: {e}"))?;
+        Record::parse(&value)
+    }
+
     /// Short name of the kind, as used in reports.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -111,9 +130,8 @@ pub fn read_records(path: &Path) -> Result<Vec<(usize, Record)>> {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |reason: String| Error::BadRecord { path: path.to_path_buf(), line: i + 1, reason };
-        let value: Value = serde_json::from_str(line).map_err(|e| bad(format!("malformed JSON: {e}")))?;
-        records.push((i + 1, Record::parse(&value).map_err(bad)?));
+        let record = Record::from_json_line(line).map_err(|reason| Error::BadRecord { path: path.to_path_buf(), line: i + 1, reason })?;
+        records.push((i + 1, record));
     }
     if records.is_empty() {
         return Err(Error::EmptyData { path: path.to_path_buf(), reason: "holds no records".into() });
@@ -137,6 +155,24 @@ mod tests {
         assert_eq!(parse(r#"{"context": "a", "choices": ["b", "c"], "label": 1}"#).unwrap().kind(), "multiple-choice");
         assert_eq!(parse(r#"{"prompt": "a", "answer": "4"}"#).unwrap().kind(), "generation");
         assert_eq!(parse(r#"{"prompt": "a", "answer": 4}"#).unwrap(), Record::Generation { prompt: "a".into(), answer: "4".into() });
+    }
+
+    #[test]
+    fn json_lines_use_the_reader_field_names_and_round_trip() {
+        let examples = vec![
+            Record::text("The capital of Zorvia is Pellmar."),
+            Record::PromptCompletion { prompt: "Q?\nAnswer:".into(), completion: " 1 + 2 = 3. #### 3".into() },
+            Record::MultipleChoice { context: "a \"quoted\" ctx".into(), choices: vec![" x.".into(), " y.".into()], label: 1 },
+            Record::Generation { prompt: "Q?\nAnswer:".into(), answer: "3".into() },
+        ];
+        let lines: Vec<String> = examples.iter().map(Record::to_json_line).collect();
+        assert_eq!(lines[0], r#"{"text":"The capital of Zorvia is Pellmar."}"#);
+        assert_eq!(lines[1], r#"{"prompt":"Q?\nAnswer:","completion":" 1 + 2 = 3. #### 3"}"#);
+        assert_eq!(lines[2], r#"{"context":"a \"quoted\" ctx","choices":[" x."," y."],"label":1}"#);
+        assert_eq!(lines[3], r#"{"prompt":"Q?\nAnswer:","answer":"3"}"#);
+        for (record, line) in examples.iter().zip(&lines) {
+            assert_eq!(&Record::from_json_line(line).unwrap(), record);
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use rand::RngExt;
 
 use super::facts::World;
 use super::sampling::{pick, stream};
-use super::{Task, TaskRecord, TaskRole, TaskSizes};
+use super::{Task, Record, TaskRole, TaskSizes};
 
 /// Largest number that may appear anywhere in a problem.
 pub const MAX_VALUE: u32 = 99;
@@ -182,7 +182,7 @@ pub fn arithmetic_task(seed: u64, sizes: &TaskSizes) -> Task {
     while eval.len() < sizes.target_test {
         let (prompt, problem) = draw(&mut rng);
         if test_prompts.insert(prompt.clone()) {
-            eval.push(TaskRecord::Generation { prompt, answer: problem.answer().to_string() });
+            eval.push(Record::Generation { prompt, answer: problem.answer().to_string() });
         }
     }
 
@@ -192,7 +192,7 @@ pub fn arithmetic_task(seed: u64, sizes: &TaskSizes) -> Task {
         let (prompt, problem) = draw(&mut rng);
         if !test_prompts.contains(&prompt) {
             let completion = format!(" {} #### {}", problem.solution(), problem.answer());
-            train.push(TaskRecord::PromptCompletion { prompt, completion });
+            train.push(Record::PromptCompletion { prompt, completion });
         }
     }
 
@@ -246,7 +246,7 @@ mod tests {
         let mut train_prompts = HashSet::new();
         let mut multiplications = 0;
         for record in &task.train {
-            let TaskRecord::PromptCompletion { prompt, completion } = record else { panic!("{record:?}") };
+            let Record::PromptCompletion { prompt, completion } = record else { panic!("{record:?}") };
             assert!(prompt.ends_with("?\nAnswer:"), "{prompt}");
             let (solution, answer) = completion.split_once(" #### ").unwrap_or_else(|| panic!("{completion}"));
             let answer: u32 = answer.parse().unwrap_or_else(|_| panic!("{completion}"));
@@ -257,7 +257,7 @@ mod tests {
         }
         assert!(multiplications > 0 && multiplications < sizes.target_train / 3, "{multiplications}");
         for record in &task.eval {
-            let TaskRecord::Generation { prompt, answer } = record else { panic!("{record:?}") };
+            let Record::Generation { prompt, answer } = record else { panic!("{record:?}") };
             assert!(!train_prompts.contains(prompt.as_str()), "{prompt}");
             assert!(answer.parse::<u32>().is_ok_and(|a| a <= MAX_VALUE), "{answer}");
         }

@@ -17,7 +17,7 @@ use rand::RngExt;
 
 use super::sampling::{cycle_shuffled, four_way_choice, pick, stream};
 use super::words::invent_names;
-use super::{Task, TaskRecord, TaskRole, TaskSizes};
+use super::{Task, Record, TaskRole, TaskSizes};
 
 /// Flag colours, a small closed set.
 const COLOURS: &[&str] = &["red", "blue", "green", "yellow", "black", "white", "purple", "orange"];
@@ -186,7 +186,7 @@ pub fn facts_task(seed: u64, sizes: &TaskSizes) -> Task {
     let pretrain = cycle_shuffled(&mut stream(seed, "facts/pretrain"), &statements, sizes.pretrain_per_source);
     let train = cycle_shuffled(&mut stream(seed, "facts/train"), &statements, sizes.source_train)
         .into_iter()
-        .map(TaskRecord::text)
+        .map(Record::text)
         .collect();
 
     let stated: HashSet<&str> = pretrain.iter().map(String::as_str).collect();
@@ -206,7 +206,7 @@ pub fn facts_task(seed: u64, sizes: &TaskSizes) -> Task {
 }
 
 /// A four-way question about one fact; the distractors are other values of the relation.
-fn question(rng: &mut StdRng, world: &World, country: &Country, relation: Relation) -> Option<TaskRecord> {
+fn question(rng: &mut StdRng, world: &World, country: &Country, relation: Relation) -> Option<Record> {
     let mut others = world.values(relation);
     others.shuffle(rng);
     four_way_choice(
@@ -256,7 +256,7 @@ mod tests {
         let pretrain: HashSet<&str> = task.pretrain.iter().map(String::as_str).collect();
         assert_eq!(task.eval.len(), TaskSizes::default().source_eval);
         for record in &task.eval {
-            let TaskRecord::MultipleChoice { context, choices, label } = record else { panic!("{record:?}") };
+            let Record::MultipleChoice { context, choices, label } = record else { panic!("{record:?}") };
             assert_eq!(choices.len(), 4);
             assert!(pretrain.contains(format!("{context}{}", choices[*label]).as_str()), "{context}");
             for (i, choice) in choices.iter().enumerate() {

@@ -4,7 +4,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{background_tasks, pretraining_corpus, source_tasks, target_task, Task, TaskRecord, TaskSizes, TaskSplit};
+use super::{background_tasks, pretraining_corpus, source_tasks, target_task, Task, Record, TaskSizes, TaskSplit};
 
 /// Where [`write_tasks`] put each file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +35,7 @@ pub fn write_tasks(dir: &Path, seed: u64, sizes: &TaskSizes) -> io::Result<TaskF
     let corpus = pretraining_corpus(&pretrained);
 
     let pretrain_split =
-        TaskSplit { name: "pretrain".into(), records: corpus.iter().cloned().map(TaskRecord::text).collect() };
+        TaskSplit { name: "pretrain".into(), records: corpus.iter().cloned().map(Record::text).collect() };
     let pretrain = write_split(dir, &pretrain_split)?;
     let mut source_files = Vec::with_capacity(sources.len());
     for task in &sources {
@@ -46,7 +46,7 @@ pub fn write_tasks(dir: &Path, seed: u64, sizes: &TaskSizes) -> io::Result<TaskF
     write_atomic(&dir.join("README.txt"), readme(seed, &sources, &target).as_bytes())?;
 
     let examples = target.train.iter().filter_map(|record| match record {
-        TaskRecord::PromptCompletion { prompt, completion } => Some(format!("{prompt}{completion}")),
+        Record::PromptCompletion { prompt, completion } => Some(format!("{prompt}{completion}")),
         _ => None,
     });
     let tokenizer_corpus = corpus.iter().cloned().chain(examples).collect();
@@ -123,9 +123,9 @@ mod tests {
     }
 
     /// Every record of a JSONL file.
-    fn read_records(path: &Path) -> Vec<TaskRecord> {
+    fn read_records(path: &Path) -> Vec<Record> {
         let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        text.lines().map(|line| TaskRecord::from_json_line(line).unwrap_or_else(|e| panic!("{line}: {e}"))).collect()
+        text.lines().map(|line| Record::from_json_line(line).unwrap_or_else(|e| panic!("{line}: {e}"))).collect()
     }
 
     #[test]
@@ -138,7 +138,7 @@ mod tests {
 
         let pretrain = read_records(&files.pretrain);
         let pretrained: Vec<Task> = sources.iter().cloned().chain(background_tasks(42, &sizes)).collect();
-        assert_eq!(pretrain, pretraining_corpus(&pretrained).into_iter().map(TaskRecord::text).collect::<Vec<_>>());
+        assert_eq!(pretrain, pretraining_corpus(&pretrained).into_iter().map(Record::text).collect::<Vec<_>>());
         assert_eq!(files.sources.len(), 3);
         for ((name, train, eval), task) in files.sources.iter().zip(&sources) {
             assert_eq!(*name, task.name);

@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::RngExt;
 
 use super::sampling::{pick, shuffled_choice, stream};
-use super::{Task, TaskRecord, TaskRole, TaskSizes};
+use super::{Task, Record, TaskRole, TaskSizes};
 
 /// Subject nouns, singular and plural.
 const SUBJECTS: &[(&str, &str)] = &[
@@ -126,7 +126,7 @@ pub fn grammar_task(seed: u64, sizes: &TaskSizes) -> Task {
     };
     let pretrain = sentences(&mut stream(seed, "grammar/pretrain"), sizes.pretrain_per_source);
     let train =
-        sentences(&mut stream(seed, "grammar/train"), sizes.source_train).into_iter().map(TaskRecord::text).collect();
+        sentences(&mut stream(seed, "grammar/train"), sizes.source_train).into_iter().map(Record::text).collect();
 
     let seen: HashSet<&str> = pretrain.iter().map(String::as_str).collect();
     let mut rng = stream(seed, "grammar/eval");
@@ -179,7 +179,7 @@ mod tests {
         assert_eq!(task.eval.len(), sizes.source_eval);
         let mut first_label = 0;
         for record in &task.eval {
-            let TaskRecord::MultipleChoice { context, choices, label } = record else { panic!("{record:?}") };
+            let Record::MultipleChoice { context, choices, label } = record else { panic!("{record:?}") };
             assert_eq!(choices.len(), 2);
             assert_ne!(choices[0], choices[1]);
             assert_eq!(is_singular(&choices[*label]), subject_is_singular(context), "{record:?}");

@@ -21,13 +21,12 @@ mod facts;
 mod files;
 mod grammar;
 mod numbers;
-mod record;
 mod sampling;
 mod strings;
 mod words;
 
 pub use files::{write_tasks, TaskFiles};
-pub use record::TaskRecord;
+pub use crate::data::Record;
 
 /// Whether a task is knowledge to keep or the new task to learn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +64,7 @@ pub struct TaskSplit {
     /// File stem, e.g. "source-facts.train".
     pub name: String,
     /// The records, in file order.
-    pub records: Vec<TaskRecord>,
+    pub records: Vec<Record>,
 }
 
 impl TaskSplit {
@@ -87,9 +86,9 @@ pub struct Task {
     /// Training records: `{"text"}` for sources (what the Laplace prior is fitted on, drawn
     /// apart from `pretrain` from the same distribution), `{"prompt","completion"}` for the
     /// target.
-    pub train: Vec<TaskRecord>,
+    pub train: Vec<Record>,
     /// Held-out records: multiple choice for sources, `{"prompt","answer"}` for the target.
-    pub eval: Vec<TaskRecord>,
+    pub eval: Vec<Record>,
 }
 
 impl Task {
@@ -200,8 +199,8 @@ mod tests {
             assert_eq!(task.pretrain.len(), sizes.pretrain_per_source, "{}", task.name);
             assert_eq!(task.train.len(), sizes.source_train, "{}", task.name);
             assert_eq!(task.eval.len(), sizes.source_eval, "{}", task.name);
-            assert!(task.train.iter().all(|r| matches!(r, TaskRecord::Text { .. })));
-            assert!(task.eval.iter().all(|r| matches!(r, TaskRecord::MultipleChoice { .. })));
+            assert!(task.train.iter().all(|r| matches!(r, Record::Text { .. })));
+            assert!(task.eval.iter().all(|r| matches!(r, Record::MultipleChoice { .. })));
         }
         let target = target_task(3, &sizes);
         assert_eq!(target.role, TaskRole::Target);
@@ -214,7 +213,7 @@ mod tests {
     fn every_choice_label_is_in_range_and_its_choice_unique() {
         for task in source_tasks(4, &TaskSizes::default()) {
             for record in &task.eval {
-                let TaskRecord::MultipleChoice { choices, label, .. } = record else { panic!("{record:?}") };
+                let Record::MultipleChoice { choices, label, .. } = record else { panic!("{record:?}") };
                 assert!(*label < choices.len(), "{record:?}");
                 assert_eq!(choices.iter().filter(|c| **c == choices[*label]).count(), 1, "{record:?}");
             }

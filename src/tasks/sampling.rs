@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::SeedableRng;
 
-use super::TaskRecord;
+use super::Record;
 
 /// A random stream for one named part of the data, derived from the user's seed.
 ///
@@ -43,7 +43,7 @@ pub fn four_way_choice(
     context: String,
     correct: String,
     distractors: impl IntoIterator<Item = String>,
-) -> Option<TaskRecord> {
+) -> Option<Record> {
     let mut choices = vec![correct.clone()];
     for distractor in distractors {
         if choices.len() == 4 {
@@ -58,11 +58,11 @@ pub fn four_way_choice(
 
 /// A multiple-choice record from `choices` whose first entry is the correct one; the
 /// order is shuffled and `label` follows the correct entry.
-pub fn shuffled_choice(rng: &mut StdRng, context: String, mut choices: Vec<String>) -> TaskRecord {
+pub fn shuffled_choice(rng: &mut StdRng, context: String, mut choices: Vec<String>) -> Record {
     let correct = choices[0].clone();
     choices.shuffle(rng);
     let label = choices.iter().position(|c| *c == correct).unwrap_or(0);
-    TaskRecord::MultipleChoice { context, choices, label }
+    Record::MultipleChoice { context, choices, label }
 }
 
 /// Texts of `count` draws that cycle through `pool`: every full pass visits each entry once,
@@ -94,7 +94,7 @@ mod tests {
     fn four_way_choice_keeps_the_correct_answer_under_its_label() {
         let mut rng = stream(0, "mc");
         let distractors = ["b", "a", "b", "c", "d", "e"].map(String::from);
-        let Some(TaskRecord::MultipleChoice { choices, label, .. }) =
+        let Some(Record::MultipleChoice { choices, label, .. }) =
             four_way_choice(&mut rng, "ctx".into(), "a".into(), distractors)
         else {
             panic!("expected a multiple-choice record");

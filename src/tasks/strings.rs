@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 
 use super::sampling::{four_way_choice, pick, stream};
 use super::words::{capitalise, random_word};
-use super::{Task, TaskRecord, TaskRole, TaskSizes};
+use super::{Task, Record, TaskRole, TaskSizes};
 
 /// Shortest and longest word length.
 const WORD_LENGTHS: (usize, usize) = (3, 5);
@@ -109,7 +109,7 @@ pub fn strings_task(seed: u64, sizes: &TaskSizes) -> Task {
     let pretrain: Vec<String> = pretrain_words.iter().map(|(word, t)| t.statement(word)).collect();
     let train = random_words(&mut stream(seed, "strings/train"), sizes.source_train)
         .into_iter()
-        .map(|(word, t)| TaskRecord::text(t.statement(&word)))
+        .map(|(word, t)| Record::text(t.statement(&word)))
         .collect();
 
     let seen: HashSet<&str> = pretrain_words.iter().map(|(word, _)| word.as_str()).collect();
@@ -194,7 +194,7 @@ mod tests {
         let seen: HashSet<&str> = task.pretrain.iter().map(|text| statement_word(text)).collect();
         assert_eq!(task.eval.len(), sizes.source_eval);
         for record in &task.eval {
-            let TaskRecord::MultipleChoice { context, choices, label } = record else { panic!("{record:?}") };
+            let Record::MultipleChoice { context, choices, label } = record else { panic!("{record:?}") };
             let (transform, word) = parse_question(context).unwrap_or_else(|| panic!("unparsable {context}"));
             assert!(!seen.contains(word), "{word} seen in pretraining");
             assert_eq!(choices[*label], answer(&transform.apply(word)));
