@@ -92,7 +92,7 @@ pub struct PretrainOptions {
 impl Default for PretrainOptions {
     fn default() -> Self {
         PretrainOptions {
-            steps: 3000,
+            steps: 1800,
             batch_size: 16,
             seq_len: 128,
             lr: 3e-3,

@@ -52,14 +52,16 @@ impl Step {
         }
     }
 
-    /// The equation this step adds to the chain of thought, e.g. "12 + 5 = 17.".
+    /// The sentence this step adds to the chain of thought, e.g. "12 plus 5 is 17.": the
+    /// wording of the number facts the base model was pretrained on, so the computation is
+    /// knowledge it has and fine-tuning teaches reading the story into it.
     fn equation(self, value: u32) -> String {
-        let (symbol, operand) = match self {
-            Step::Add(n) => ('+', n),
-            Step::Subtract(n) => ('-', n),
-            Step::Multiply(k) => ('*', k),
+        let (word, operand) = match self {
+            Step::Add(n) => ("plus", n),
+            Step::Subtract(n) => ("minus", n),
+            Step::Multiply(k) => ("times", k),
         };
-        format!("{value} {symbol} {operand} = {}.", self.apply(value))
+        format!("{value} {word} {operand} is {}.", self.apply(value))
     }
 
     /// The story's verb phrase for this step, e.g. "sells 3", worded differently from
@@ -123,15 +125,16 @@ impl Problem {
             phrases.push(phrase);
         }
         let actions = match phrases.as_slice() {
+            [] => String::new(),
+            [only] => format!("It {only}."),
             [first, second] => format!("It {first} and {second}."),
             [first, rest @ ..] => format!("It {first}. Then it {}.", rest.join(" and ")),
-            [] => String::new(),
         };
         let (owner, object) = (&self.owner, &self.object);
         format!("{owner} has {} {object}. {actions} How many {object} does {owner} have now?", self.start)
     }
 
-    /// The chain of thought, e.g. "12 + 5 = 17. 17 - 3 = 14.".
+    /// The chain of thought, e.g. "12 plus 5 is 17. 17 minus 3 is 14.".
     pub fn solution(&self) -> String {
         let mut value = self.start;
         let mut equations = Vec::with_capacity(self.steps.len());
@@ -203,9 +206,9 @@ pub fn arithmetic_task(seed: u64, sizes: &TaskSizes) -> Task {
 mod tests {
     use super::*;
 
-    /// The number after the last "= " of a chain of thought.
+    /// The number after the last " is " of a chain of thought.
     fn last_result(solution: &str) -> Option<u32> {
-        solution.rsplit("= ").next()?.split(['.', ' ']).next()?.parse().ok()
+        solution.rsplit(" is ").next()?.split(['.', ' ']).next()?.parse().ok()
     }
 
     #[test]
@@ -216,11 +219,22 @@ mod tests {
             start: 12,
             steps: vec![Step::Add(5), Step::Subtract(3)],
         };
-        assert_eq!(problem.solution(), "12 + 5 = 17. 17 - 3 = 14.");
+        assert_eq!(problem.solution(), "12 plus 5 is 17. 17 minus 3 is 14.");
         assert_eq!(problem.answer(), 14);
         let question = problem.question(&mut stream(0, "q"));
         assert!(question.starts_with("Pellmar has 12 boats. It "), "{question}");
         assert!(question.ends_with(" How many boats does Pellmar have now?"), "{question}");
+    }
+
+    #[test]
+    fn every_step_is_told_in_the_question() {
+        let mut rng = stream(1, "test");
+        for _ in 0..200 {
+            let problem = Problem::random(&mut rng, "Pellmar");
+            let question = problem.question(&mut rng);
+            assert!(!question.contains(" it .") && !question.contains("  "), "{question}");
+            assert_eq!(question.matches(['.', '?']).count(), 3, "{question}");
+        }
     }
 
     #[test]
@@ -252,7 +266,7 @@ mod tests {
             let answer: u32 = answer.parse().unwrap_or_else(|_| panic!("{completion}"));
             assert!(answer <= MAX_VALUE);
             assert_eq!(last_result(solution), Some(answer), "{completion}");
-            multiplications += usize::from(solution.contains(" * "));
+            multiplications += usize::from(solution.contains(" times "));
             train_prompts.insert(prompt.as_str());
         }
         assert!(multiplications > 0 && multiplications < sizes.target_train / 3, "{multiplications}");
