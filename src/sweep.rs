@@ -109,6 +109,8 @@ pub struct SweepResult {
     pub rows: Vec<ResultRow>,
     /// Seconds spent fitting each prior.
     pub laplace_seconds: BTreeMap<String, f64>,
+    /// Wall time of every stage (base evaluation, each fit, each run with its evaluations).
+    pub stage_seconds: Vec<(String, f64)>,
     /// Source tokens each prior averages over.
     pub laplace_tokens: usize,
 }
@@ -146,7 +148,10 @@ pub fn run_sweep<B: AutodiffBackend>(
         let inner = m.valid();
         sets.iter().map(|s| evaluate(&inner, data.tokenizer, s, &options.eval, &Progress::hidden())).collect()
     };
+    let mut stages: Vec<(String, f64)> = Vec::new();
+    let clock = std::time::Instant::now();
     let mut rows = vec![row("base", None, 0, &score_all(model)?, n_source, 0.0)];
+    stages.push(("evaluate the starting model".into(), clock.elapsed().as_secs_f64()));
     on_row(&rows[0]);
 
     // Fit each prior once, on two (or N) batches per source set, at the starting adapters.
@@ -168,6 +173,7 @@ pub fn run_sweep<B: AutodiffBackend>(
         let (prior, tokens) = fit(model, &batches, &fit_options, &progress)?;
         progress.finish();
         laplace_seconds.insert(estimator.name().to_string(), start.elapsed().as_secs_f64());
+        stages.push((format!("fit {}", estimator.name()), start.elapsed().as_secs_f64()));
         laplace_tokens = tokens;
         priors.insert(estimator, LaplacePrior::from_inner(prior));
     }
@@ -176,6 +182,7 @@ pub fn run_sweep<B: AutodiffBackend>(
     for method in &options.methods {
         let label = method.label();
         if method.method == Method::Lora {
+            let clock = std::time::Instant::now();
             let every = (options.train.steps / options.lora_eval_points.max(1)).max(1);
             let opts = TrainOptions { method: Method::Lora, lambda: 0.0, eval_every: every, ..options.train.clone() };
             let out = train(model.clone(), lora, None, data.train, &plan, &opts, None, false, None, options.progress)?;
@@ -183,6 +190,7 @@ pub fn run_sweep<B: AutodiffBackend>(
                 rows.push(row(&label, None, *step, scores, n_source, out.train_seconds));
                 on_row(rows.last().expect("just pushed"));
             }
+            stages.push((format!("{label} ({} evaluations)", out.evals.len()), clock.elapsed().as_secs_f64()));
             continue;
         }
         let prior = match method.curvature {
@@ -190,14 +198,16 @@ pub fn run_sweep<B: AutodiffBackend>(
             None => &isotropic,
         };
         for &lambda in &method.lambdas {
+            let clock = std::time::Instant::now();
             let opts = TrainOptions { method: method.method, lambda, eval_every: 0, ..options.train.clone() };
             let out = train(model.clone(), lora, Some(prior), data.train, &plan, &opts, None, false, None, options.progress)?;
             let last = out.evals.last().expect("training evaluates at the end");
             rows.push(row(&label, Some(lambda), last.step, &last.scores, n_source, out.train_seconds));
             on_row(rows.last().expect("just pushed"));
+            stages.push((format!("{label} lambda {lambda}"), clock.elapsed().as_secs_f64()));
         }
     }
-    Ok(SweepResult { rows, laplace_seconds, laplace_tokens })
+    Ok(SweepResult { rows, laplace_seconds, stage_seconds: stages, laplace_tokens })
 }
 
 /// The points no other point of the same list beats on both axes.
