@@ -5,6 +5,7 @@ mod common;
 
 use burn::tensor::Tensor;
 use common::*;
+use lalora::curvature::memory::curvature_memory;
 use lalora::curvature::{Curvature, Estimator, FisherType};
 use lalora::data::{Batch, Sequence};
 use lalora::io::peft;
@@ -207,4 +208,14 @@ fn a_prior_for_other_adapters_is_refused_with_the_reason() {
     lalora::io::save_tensors(&dir.join("curvature.safetensors"), tensors, None).unwrap();
     let err = LaplacePrior::load(&dir, &model).unwrap_err().to_string();
     assert!(err.contains("model.layers.1.mlp.up_proj.lora_B.G") && err.contains("missing"), "{err}");
+}
+
+#[test]
+fn the_memory_estimate_counts_exactly_the_values_a_fit_stores() {
+    for estimator in [Estimator::Diag, Estimator::Kfac, Estimator::TriKfac] {
+        let (model, lora, prior) = fitted(estimator, 0.0);
+        let stored: usize = prior.curvature.as_ref().unwrap().tensors().iter().map(|(_, t)| t.shape().num_elements()).sum();
+        let estimate = curvature_memory(&model.config, &lora, estimator);
+        assert_eq!(stored as u64, estimate.stored_values, "{}", estimator.name());
+    }
 }

@@ -56,7 +56,8 @@ pub fn curvature_memory(config: &LlamaConfig, lora: &LoraConfig, estimator: Esti
         let values = match estimator {
             Estimator::Diag => r * (d_in + d_out),
             Estimator::Kfac => d_in * d_in + 2 * r * r + d_out * d_out,
-            Estimator::TriKfac => d_in * d_in + 2 * r * r + d_out * d_out + 2 * d_in * r,
+            // the cross factors: X_AB is [d_in, r], G_AB is [r, d_out]
+            Estimator::TriKfac => d_in * d_in + 2 * r * r + d_out * d_out + r * (d_in + d_out),
         };
         stored += values;
         // X_A is shared by the targets that read the same input: count it once per group.
