@@ -237,9 +237,13 @@ pub fn hypervolume(points: &[(f64, f64)]) -> f64 {
 }
 
 impl SweepResult {
-    /// Points of one method (the `base` point starts every method's line).
+    /// Points of one method in the order its line runs: the `base` point first (lambda =
+    /// infinity, step 0), then the runs from strongest to weakest penalty or by step.
     pub fn method_rows(&self, method: &str) -> Vec<&ResultRow> {
-        self.rows.iter().filter(|r| r.method == method || r.method == "base").collect()
+        let mut rows: Vec<&ResultRow> = self.rows.iter().filter(|r| r.method == method || r.method == "base").collect();
+        let lambda = |r: &ResultRow| r.lambda.unwrap_or(f64::INFINITY);
+        rows.sort_by(|a, b| (b.method == "base").cmp(&(a.method == "base")).then(lambda(b).total_cmp(&lambda(a))).then(a.step.cmp(&b.step)));
+        rows
     }
 
     /// Method labels in first-seen order, `base` excluded.
@@ -344,5 +348,33 @@ mod tests {
         // 0.9*0.1 + 0.5*(0.5-0.1) + 0.2*(0.9-0.5)
         assert!((hypervolume(&pts) - (0.09 + 0.2 + 0.08)).abs() < 1e-12);
         assert!(hypervolume(&[(0.5, 0.5)]) < hypervolume(&[(0.6, 0.6)]));
+    }
+
+    #[test]
+    fn a_methods_line_runs_from_the_start_through_decreasing_lambda() {
+        let at = |method: &str, lambda: Option<f64>, step: usize| ResultRow {
+            method: method.into(),
+            lambda,
+            step,
+            source_score: 0.0,
+            target_score: 0.0,
+            scores: BTreeMap::new(),
+            train_seconds: 0.0,
+        };
+        let rows = vec![
+            at("base", None, 0),
+            at("lora", None, 20),
+            at("lora", None, 10),
+            at("kfac", Some(1.0), 30),
+            at("kfac", Some(10.0), 30),
+            at("kfac", Some(0.1), 30),
+        ];
+        let result = SweepResult { rows, laplace_seconds: BTreeMap::new(), stage_seconds: vec![], laplace_tokens: 0 };
+        let order = |m: &str| result.method_rows(m).iter().map(|r| (r.method.clone(), r.lambda, r.step)).collect::<Vec<_>>();
+        assert_eq!(
+            order("kfac"),
+            vec![("base".into(), None, 0), ("kfac".into(), Some(10.0), 30), ("kfac".into(), Some(1.0), 30), ("kfac".into(), Some(0.1), 30)]
+        );
+        assert_eq!(order("lora"), vec![("base".into(), None, 0), ("lora".into(), None, 10), ("lora".into(), None, 20)]);
     }
 }

@@ -205,10 +205,10 @@ pub struct DemoArgs {
     #[arg(long)]
     quick: bool,
     /// Optimiser steps of every run.
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, default_value_t = 300)]
     steps: usize,
     /// Peak learning rate (a model this small wants a large one).
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 5e-3)]
     lr: f64,
     /// Adapter init: `offset` (A and B random, function unchanged) or `peft` (B = 0, where the
     /// prior constrains B only).
@@ -218,7 +218,7 @@ pub struct DemoArgs {
     #[arg(long, value_delimiter = ',', default_value = "lora,l2,lalora-diag,lalora-kfac")]
     methods: Vec<String>,
     /// Lambdas of the lalora methods.
-    #[arg(long = "lambda", value_delimiter = ',', default_value = "0.3,1,10")]
+    #[arg(long = "lambda", value_delimiter = ',', default_value = "1,10")]
     lambdas: Vec<f64>,
     /// Lambdas of the l2 baseline.
     #[arg(long = "l2-lambda", value_delimiter = ',', default_value = "0.1,1")]
