@@ -37,7 +37,7 @@ pub struct ParetoPoint {
     pub source_score: f64,
     /// Learning, the x coordinate.
     pub target_score: f64,
-    /// Annotation next to the point, e.g. "λ=10" or "step 200".
+    /// Annotation next to the point, e.g. "lambda=10" or "step 200".
     pub label: String,
 }
 
@@ -158,7 +158,7 @@ impl Plot<'_> {
 
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
+            .position(SeriesLabelPosition::UpperRight)
             .label_font((FONT_FAMILY, 15))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.5))
