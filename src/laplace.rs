@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::curvature::accumulate::Accumulator;
 use crate::curvature::capture::{adapter_infos, capture_batch};
-use crate::curvature::{Curvature, Estimator, FisherType};
+use crate::curvature::{inner, Curvature, Estimator, FisherType};
 use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::io::{peft, read_json, save_tensors, write_json_atomic, TensorFiles};
@@ -72,6 +72,14 @@ pub struct Anchor<B: Backend> {
     pub b: Tensor<B, 2>,
 }
 
+/// The penalty's contribution to one training step.
+pub struct PenaltyTerm<B: Backend> {
+    /// A scalar whose gradient w.r.t. the adapters is the penalty's (its value is not).
+    pub surrogate: Tensor<B, 1>,
+    /// The penalty itself, detached.
+    pub value: Tensor<B, 1>,
+}
+
 /// The prior `N(theta*, (F + delta I)^-1)` over the adapters.
 #[derive(Debug, Clone)]
 pub struct LaplacePrior<B: Backend> {
@@ -112,6 +120,35 @@ impl<B: Backend> LaplacePrior<B> {
         assert!(!terms.is_empty(), "a prior needs a curvature or a positive prior precision");
         // One concatenation and one sum instead of a chain of additions.
         Tensor::cat(terms, 0).sum()
+    }
+
+    /// `scale * quadratic(model)` for the training objective, without differentiating through
+    /// the curvature: `P (theta - theta*)` is computed once, detached, and the surrogate
+    /// `sum theta . (2 scale P (theta - theta*))` carries exactly the penalty's gradient, so the
+    /// backward pass costs one multiplication per adapter matrix instead of replaying every
+    /// matmul of the quadratic form.
+    pub fn penalty(&self, model: &Llama<B>, scale: f64) -> PenaltyTerm<B> {
+        let adapters = model.adapters();
+        assert_eq!(adapters.len(), self.anchors.len(), "prior and model have different adapters");
+        assert!(self.curvature.is_some() || self.prior_precision != 0.0, "a prior needs a curvature or a positive prior precision");
+        let mut values: Vec<Tensor<B, 1>> = Vec::with_capacity(adapters.len());
+        let mut surrogates: Vec<Tensor<B, 1>> = Vec::with_capacity(adapters.len());
+        for (i, (adapter, anchor)) in adapters.iter().zip(&self.anchors).enumerate() {
+            let (a, b) = (adapter.lora_a.val(), adapter.lora_b.val());
+            let d_a = (a.clone() - anchor.a.clone()).detach();
+            let d_b = (b.clone() - anchor.b.clone()).detach();
+            let (mut p_a, mut p_b) = match &self.curvature {
+                Some(curvature) => curvature.product(i, d_a.clone(), d_b.clone()),
+                None => (d_a.zeros_like(), d_b.zeros_like()),
+            };
+            if self.prior_precision != 0.0 {
+                p_a = p_a + d_a.clone().mul_scalar(self.prior_precision);
+                p_b = p_b + d_b.clone().mul_scalar(self.prior_precision);
+            }
+            values.push(inner(d_a, p_a.clone()) + inner(d_b, p_b.clone()));
+            surrogates.push(inner(a, p_a.mul_scalar(2.0 * scale)) + inner(b, p_b.mul_scalar(2.0 * scale)));
+        }
+        PenaltyTerm { surrogate: Tensor::cat(surrogates, 0).sum(), value: Tensor::cat(values, 0).sum().mul_scalar(scale) }
     }
 
     /// Writes `curvature.safetensors`, `laplace.json` and `anchor/` to `dir`.

@@ -139,31 +139,53 @@ fn penalty_equals_the_explicit_quadratic_form_of_the_materialised_matrix() {
     }
 }
 
+/// Central differences of `quadratic` along entry `k` of adapter 4's A (`b = false`) or B.
+fn finite_difference(prior: &LaplacePrior<AB>, moved: &Llama<AB>, b: bool, k: usize) -> f64 {
+    // The penalty is quadratic, so central differences are exact up to rounding even with a
+    // large step.
+    let eps = 0.05;
+    let shift = |sign: f64| {
+        let mut m = moved.clone();
+        let adapter = &mut m.adapters_mut()[4]; // gate_proj of layer 0
+        let param = if b { &mut adapter.lora_b } else { &mut adapter.lora_a };
+        let dims = param.dims();
+        let mut v = values(&param.val());
+        v[k] += sign * eps;
+        let data = burn::tensor::TensorData::new(v.iter().map(|x| *x as f32).collect::<Vec<_>>(), dims);
+        *param = trainable_param(Tensor::from_data(data, &device()), "fd");
+        prior.quadratic(&m).into_scalar() as f64
+    };
+    (shift(1.0) - shift(-1.0)) / (2.0 * eps)
+}
+
 #[test]
 fn penalty_gradient_matches_finite_differences() {
-    for estimator in [Estimator::Diag, Estimator::TriKfac] {
+    // The fixture's B is not zero, so neither are the A blocks and tri-kfac's cross block.
+    for estimator in [Estimator::Diag, Estimator::Kfac, Estimator::TriKfac] {
         let (model, _, prior) = fitted(estimator, 0.1);
         let moved = perturbed(&model, 0.05);
-        let grads = prior.quadratic(&moved).backward();
-        let adapter = &moved.adapters()[4]; // gate_proj of layer 0
-        let analytic = values(&adapter.lora_b.grad(&grads).unwrap());
-        // The penalty is quadratic, so central differences are exact up to rounding even with a
-        // large step.
-        let eps = 0.05;
-        let [rows, cols] = adapter.lora_b.dims();
-        for &k in &[0usize, 7, rows * cols / 2, rows * cols - 1] {
-            let shift = |sign: f64| {
-                let mut m = moved.clone();
-                let a = &mut m.adapters_mut()[4];
-                let mut v = values(&a.lora_b.val());
-                v[k] += sign * eps;
-                let data = burn::tensor::TensorData::new(v.iter().map(|x| *x as f32).collect::<Vec<_>>(), [rows, cols]);
-                a.lora_b = trainable_param(Tensor::from_data(data, &device()), "fd");
-                prior.quadratic(&m).into_scalar() as f64
-            };
-            let fd = (shift(1.0) - shift(-1.0)) / (2.0 * eps);
-            let scale = analytic.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            assert!((fd - analytic[k]).abs() <= 2e-3 * scale, "{} entry {k}: fd {fd} vs {}", estimator.name(), analytic[k]);
+        // Both routes: autodiff through the quadratic form, and the training surrogate built
+        // from the curvature-vector product (scale 1/2 makes its gradient F delta, halved).
+        let through_quadratic = prior.quadratic(&moved).backward();
+        let term = prior.penalty(&moved, 1.0);
+        let value: f32 = term.value.into_scalar();
+        let direct: f32 = prior.quadratic(&moved).into_scalar();
+        assert!((value - direct).abs() <= 1e-5 * direct.abs(), "{}: penalty value {value} vs quadratic {direct}", estimator.name());
+        let through_product = term.surrogate.backward();
+        let adapter = &moved.adapters()[4];
+        for b in [false, true] {
+            let param = if b { &adapter.lora_b } else { &adapter.lora_a };
+            let [rows, cols] = param.dims();
+            for grads in [&through_quadratic, &through_product] {
+                let analytic = values(&param.grad(grads).unwrap());
+                let scale = analytic.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                assert!(scale > 0.0, "{}: zero gradient", estimator.name());
+                for &k in &[0usize, 7, rows * cols / 2, rows * cols - 1] {
+                    let fd = finite_difference(&prior, &moved, b, k);
+                    let what = if b { "B" } else { "A" };
+                    assert!((fd - analytic[k]).abs() <= 2e-3 * scale, "{} {what}[{k}]: fd {fd} vs {}", estimator.name(), analytic[k]);
+                }
+            }
         }
     }
 }

@@ -23,6 +23,11 @@ impl<B: Backend> DiagBlock<B> {
         inner(self.a.clone(), d_a.square()) + inner(self.b.clone(), d_b.square())
     }
 
+    /// `F vec(dA, dB)` as `(dA-part, dB-part)`: the half-gradient of the quadratic form.
+    pub fn product(&self, d_a: Tensor<B, 2>, d_b: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        (self.a.clone() * d_a, self.b.clone() * d_b)
+    }
+
     /// Sum of the diagonal.
     pub fn trace(&self) -> f64 {
         use burn::tensor::cast::ToElement;

@@ -30,6 +30,11 @@ impl<B: Backend> KfacBlock<B> {
         a + b
     }
 
+    /// `F vec(dA, dB)` as `(G_A dA X_A, G_B dB X_B)`: the half-gradient of the quadratic form.
+    pub fn product(&self, d_a: Tensor<B, 2>, d_b: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        (self.g_a.clone().matmul(d_a).matmul(self.x_a.clone()), self.g_b.clone().matmul(d_b).matmul(self.x_b.clone()))
+    }
+
     /// `tr(G_A) tr(X_A) + tr(G_B) tr(X_B)`: the trace of the Kronecker blocks.
     pub fn trace(&self) -> f64 {
         use burn::tensor::cast::ToElement;

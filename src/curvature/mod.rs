@@ -105,6 +105,15 @@ impl<B: Backend> Curvature<B> {
         }
     }
 
+    /// `F vec(dA, dB)` for block `i`, split into its `dA` and `dB` parts.
+    pub fn product(&self, i: usize, d_a: Tensor<B, 2>, d_b: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        match self {
+            Curvature::Diag(b) => b[i].product(d_a, d_b),
+            Curvature::Kfac(b) => b[i].product(d_a, d_b),
+            Curvature::TriKfac(b) => b[i].product(d_a, d_b),
+        }
+    }
+
     /// Sum of the diagonal of F (a size measure for reports).
     pub fn trace(&self) -> f64 {
         match self {

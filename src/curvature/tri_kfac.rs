@@ -24,6 +24,15 @@ impl<B: Backend> TriKfacBlock<B> {
         self.kfac.quadratic(d_a, d_b) + cross.mul_scalar(2.0)
     }
 
+    /// `F vec(dA, dB)`: the diagonal blocks' products plus the cross block acting each way,
+    /// `G_AB dB X_AB^T` on the A side and `G_AB^T dA X_AB` on the B side.
+    pub fn product(&self, d_a: Tensor<B, 2>, d_b: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let cross_a = self.g_ab.clone().matmul(d_b.clone()).matmul(self.x_ab.clone().transpose());
+        let cross_b = self.g_ab.clone().transpose().matmul(d_a.clone()).matmul(self.x_ab.clone());
+        let (a, b) = self.kfac.product(d_a, d_b);
+        (a + cross_a, b + cross_b)
+    }
+
     /// Tensors as stored in `curvature.safetensors`.
     pub fn tensors(&self) -> Vec<(String, Tensor<B, 2>)> {
         let mut out = self.kfac.tensors();

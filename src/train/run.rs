@@ -288,7 +288,7 @@ pub fn train<B: AutodiffBackend>(
     }
 
     let penalty_scale = options.lambda / 2.0;
-    let penalty = |m: &Llama<B>| prior.expect("checked above").quadratic(m).mul_scalar(penalty_scale);
+    let penalty = |m: &Llama<B>| prior.expect("checked above").penalty(m, penalty_scale);
     let use_penalty = options.method != Method::Lora && options.lambda > 0.0;
     let params = trainable_params(&model);
     let schedule = options.schedule();
@@ -318,8 +318,8 @@ pub fn train<B: AutodiffBackend>(
             loss += objective.nll / options.grad_accum as f64;
             if micro == 0 && use_penalty {
                 let term = penalty(&model);
-                penalty_value = term.clone().into_scalar().to_f64();
-                total = total + term;
+                penalty_value = term.value.into_scalar().to_f64();
+                total = total + term.surrogate;
             }
             let grads = GradientsParams::from_grads(total.backward(), &model);
             accumulator.accumulate(&model, grads);

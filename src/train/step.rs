@@ -9,6 +9,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Batch;
+use crate::laplace::PenaltyTerm;
 use crate::llama::{ForwardOptions, Llama};
 use crate::loss::{head_forward, hidden_grad};
 
@@ -155,7 +156,7 @@ pub fn train_step<B, O>(
     batch: &Batch<B>,
     lr: f64,
     clip: Option<f64>,
-    penalty: Option<&dyn Fn(&Llama<B>) -> Tensor<B, 1>>,
+    penalty: Option<&dyn Fn(&Llama<B>) -> PenaltyTerm<B>>,
 ) -> (Llama<B>, StepOutput)
 where
     B: AutodiffBackend,
@@ -166,8 +167,7 @@ where
     let (objective, penalty_value) = match penalty {
         Some(p) => {
             let term = p(&model);
-            let value = term.clone();
-            (surrogate + term, Some(value))
+            (surrogate + term.surrogate, Some(term.value))
         }
         None => (surrogate, None),
     };

@@ -146,8 +146,10 @@ fn curvature_benches(args: &BenchArgs, model: &Llama<AB>, batch: &Batch<AB>, ste
             prior.curvature = Some(curvature);
             let prior = LaplacePrior::<AB>::from_inner(prior);
             let (mean, _) = time_it(args.warmup, args.steps, || {
-                let grads = prior.quadratic(&moved).mul_scalar(0.5).backward();
-                drop(grads);
+                // As in training: the detached value read back, the surrogate differentiated.
+                let term = prior.penalty(&moved, 0.5);
+                let _ = term.value.into_scalar();
+                drop(term.surrogate.backward());
             });
             report.penalty_ms = Some(mean * 1e3);
             report.penalty_share_of_step = Some(mean / step_s);
