@@ -306,7 +306,6 @@ impl SweepResult {
                         target_score: r.target_score,
                         label: match (r.method.as_str(), r.lambda) {
                             ("base", _) => "start".to_string(),
-                            // ASCII: plotters 0.3.7 rendered "λ=10" in the PNG with a gap inside the number
                             (_, Some(l)) => format!("lambda={l}"),
                             _ => format!("step {}", r.step),
                         },
