@@ -52,12 +52,7 @@ macro_rules! backend_cases {
                     let dir = fixture(&format!("llama/{case}"));
                     let reference = Reference::load(&dir);
                     let model = Llama::<B>::load(&dir, &device()).unwrap();
-                    let (ids, mask) = reference.tensors::<B>(&device());
-                    let logits = model.forward(ids, Some(mask));
-                    for (i, &len) in reference.lengths().iter().enumerate() {
-                        let what = format!("{} {case} row {i}", stringify!($backend));
-                        assert_close_report(&what, &row_logits(&logits, i, len), &reference.row_logits(i), 1e-4);
-                    }
+                    reference.assert_logits_equal(&model, &device(), &format!("{} {case}", stringify!($backend)), 1e-4);
                 }
             }
 
@@ -70,12 +65,7 @@ macro_rules! backend_cases {
                 let reference = Reference::load(&dir);
                 let base = Llama::<B>::load(&fixture("llama/gqa"), &device()).unwrap();
                 let (model, _) = peft::load_adapter(base, &dir).unwrap();
-                let (ids, mask) = reference.tensors::<B>(&device());
-                let logits = model.forward(ids, Some(mask));
-                for (i, &len) in reference.lengths().iter().enumerate() {
-                    let what = format!("{} peft row {i}", stringify!($backend));
-                    assert_close_report(&what, &row_logits(&logits, i, len), &reference.row_logits(i), 1e-4);
-                }
+                reference.assert_logits_equal(&model, &device(), &format!("{} peft", stringify!($backend)), 1e-4);
             }
 
             #[test]

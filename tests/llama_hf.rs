@@ -14,16 +14,7 @@ fn check_case(case: &str) {
     let dir = fixture(&format!("llama/{case}"));
     let reference = Reference::load(&dir);
     let model = Llama::<TestBackend>::load(&dir, &device()).unwrap();
-    let (ids, mask) = reference.tensors::<TestBackend>(&device());
-    let logits = model.forward(ids, Some(mask));
-    for (i, &len) in reference.lengths().iter().enumerate() {
-        assert_close_report(
-            &format!("{case} row {i}"),
-            &row_logits(&logits, i, len),
-            &reference.row_logits(i),
-            LOGIT_ATOL,
-        );
-    }
+    reference.assert_logits_equal(&model, &device(), case, LOGIT_ATOL);
 }
 
 #[test]

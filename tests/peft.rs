@@ -16,11 +16,7 @@ fn check_adapter(case: &str) {
     let base = Llama::<TestBackend>::load(&fixture("llama/gqa"), &device()).unwrap();
     let (model, info) = peft::load_adapter(base, &dir).unwrap();
     assert!(model.adapters().iter().all(|a| a.lora_b.val().abs().max().into_scalar() > 0.0), "B must be non-zero");
-    let (ids, mask) = reference.tensors::<TestBackend>(&device());
-    let logits = model.forward(ids, Some(mask));
-    for (i, &len) in reference.lengths().iter().enumerate() {
-        assert_close_report(&format!("{case} row {i}"), &row_logits(&logits, i, len), &reference.row_logits(i), LOGIT_ATOL);
-    }
+    reference.assert_logits_equal(&model, &device(), case, LOGIT_ATOL);
     // The adapter matters: the base model's logits are far from peft's.
     let base = Llama::<TestBackend>::load(&fixture("llama/gqa"), &device()).unwrap();
     let (ids, mask) = reference.tensors::<TestBackend>(&device());

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 use lalora::io::TensorFiles;
+use lalora::llama::Llama;
 
 /// Tests run on a CPU backend when one is enabled (flex first), so numbers are fast and
 /// deterministic; `tests/backends.rs` runs the core cases on every enabled backend.
@@ -100,6 +101,16 @@ impl Reference {
     pub fn row_logits(&self, i: usize) -> Vec<f32> {
         let (t, v) = (self.shape[1], self.vocab);
         self.logits[i * t * v..(i * t + self.lengths()[i]) * v].to_vec()
+    }
+
+    /// Runs `model` on the reference batch and asserts that every row's real-position logits
+    /// equal the reference's to `atol`; `what` names the case in a failure.
+    pub fn assert_logits_equal<B: Backend>(&self, model: &Llama<B>, device: &B::Device, what: &str, atol: f32) {
+        let (ids, mask) = self.tensors::<B>(device);
+        let logits = model.forward(ids, Some(mask));
+        for (i, &len) in self.lengths().iter().enumerate() {
+            assert_close_report(&format!("{what} row {i}"), &row_logits(&logits, i, len), &self.row_logits(i), atol);
+        }
     }
 }
 
