@@ -98,7 +98,8 @@ impl<B: Backend> LaplacePrior<B> {
     }
 
     /// `(theta - theta*)^T (F + delta I) (theta - theta*)` for the model's adapters;
-    /// differentiable. The training objective adds `lambda / 2` times this.
+    /// differentiable. The direct form of the quadratic; training uses [`Self::penalty`], which
+    /// has the same value and gradient at less cost.
     ///
     /// # Panics
     /// If the model's adapters are not the ones the prior was made for (checked on load).

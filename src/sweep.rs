@@ -107,8 +107,6 @@ pub struct ResultRow {
 pub struct SweepResult {
     /// Every evaluated point.
     pub rows: Vec<ResultRow>,
-    /// Seconds spent fitting each prior.
-    pub laplace_seconds: BTreeMap<String, f64>,
     /// Wall time of every stage (base evaluation, each fit, each run with its evaluations).
     pub stage_seconds: Vec<(String, f64)>,
     /// Source tokens each prior averages over.
@@ -161,7 +159,6 @@ pub fn run_sweep<B: AutodiffBackend>(
         batches.extend(picked.chunks(options.laplace_batch_size.max(1)).map(|c| Batch::new(c, &device)));
     }
     let mut priors: BTreeMap<Estimator, LaplacePrior<B>> = BTreeMap::new();
-    let mut laplace_seconds = BTreeMap::new();
     let mut laplace_tokens = 0;
     for estimator in options.methods.iter().filter_map(|m| m.curvature) {
         if priors.contains_key(&estimator) {
@@ -172,7 +169,6 @@ pub fn run_sweep<B: AutodiffBackend>(
         let fit_options = FitOptions { estimator, fisher: options.fisher, prior_precision: options.prior_precision };
         let (prior, tokens) = fit(model, &batches, &fit_options, &progress)?;
         progress.finish();
-        laplace_seconds.insert(estimator.name().to_string(), start.elapsed().as_secs_f64());
         stages.push((format!("fit {}", estimator.name()), start.elapsed().as_secs_f64()));
         laplace_tokens = tokens;
         priors.insert(estimator, LaplacePrior::from_inner(prior));
@@ -207,7 +203,7 @@ pub fn run_sweep<B: AutodiffBackend>(
             stages.push((format!("{label} lambda {lambda}"), clock.elapsed().as_secs_f64()));
         }
     }
-    Ok(SweepResult { rows, laplace_seconds, stage_seconds: stages, laplace_tokens })
+    Ok(SweepResult { rows, stage_seconds: stages, laplace_tokens })
 }
 
 /// The points no other point of the same list beats on both axes.
@@ -369,7 +365,7 @@ mod tests {
             at("kfac", Some(10.0), 30),
             at("kfac", Some(0.1), 30),
         ];
-        let result = SweepResult { rows, laplace_seconds: BTreeMap::new(), stage_seconds: vec![], laplace_tokens: 0 };
+        let result = SweepResult { rows, stage_seconds: vec![], laplace_tokens: 0 };
         let order = |m: &str| result.method_rows(m).iter().map(|r| (r.method.clone(), r.lambda, r.step)).collect::<Vec<_>>();
         assert_eq!(
             order("kfac"),
