@@ -1,9 +1,10 @@
 //! Text generation: greedy decoding or temperature/top-p sampling, with or without KV cache.
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use rand::{RngExt, SeedableRng};
 
 use crate::llama::{ForwardOptions, KvCache, Llama};
+use crate::KernelBackend;
 
 /// How to pick the next token.
 #[derive(Debug, Clone)]
@@ -31,7 +32,7 @@ impl Default for SamplingConfig {
 ///
 /// # Panics
 /// If `prompt` is empty.
-pub fn generate<B: Backend>(model: &Llama<B>, prompt: &[u32], config: &SamplingConfig, stop: &[u32]) -> Vec<u32> {
+pub fn generate<B: KernelBackend>(model: &Llama<B>, prompt: &[u32], config: &SamplingConfig, stop: &[u32]) -> Vec<u32> {
     assert!(!prompt.is_empty(), "generation needs a non-empty prompt");
     let device = model.embed_tokens.device();
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);

@@ -21,6 +21,7 @@ use crate::io::{peft, read_json, save_tensors, write_json_atomic, TensorFiles};
 use crate::llama::Llama;
 use crate::lora::{LoraConfig, LoraInit};
 use crate::progress::Progress;
+use crate::KernelAutodiffBackend;
 
 /// What `laplace.json` records about a fitted prior.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -251,7 +252,7 @@ pub struct FitOptions {
 
 /// Fits the curvature on `batches` at the model's current adapters (the anchor) and returns
 /// the prior and the number of tokens it averages over.
-pub fn fit<B: AutodiffBackend>(
+pub fn fit<B: KernelAutodiffBackend>(
     model: &Llama<B>,
     batches: &[Batch<B>],
     options: &FitOptions,

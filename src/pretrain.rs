@@ -3,7 +3,6 @@
 //! trains with AdamW; the LM head's gradient comes in closed form ([`crate::loss`]).
 
 use burn::optim::{GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Batch, DataPosition, Sequence, Shuffler};
@@ -11,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::llama::{unfreeze_all, Llama, LlamaConfig, RopeScaling};
 use crate::progress::Progress;
 use crate::train::{clip_global_norm, lm_objective, trainable_params, AdamWSettings, LrSchedule, ScheduleKind};
+use crate::KernelAutodiffBackend;
 
 /// The shape of a small model, the rest of its config derived.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,7 +124,7 @@ pub fn pack(texts: &[Vec<u32>], seq_len: usize) -> Vec<Sequence> {
 }
 
 /// Trains every weight of `model` on `rows`. `on_step(step, loss)` sees each step's loss.
-pub fn pretrain<B: AutodiffBackend>(
+pub fn pretrain<B: KernelAutodiffBackend>(
     model: Llama<B>,
     rows: &[Sequence],
     options: &PretrainOptions,

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 
 use crate::curvature::{Estimator, FisherType};
@@ -24,6 +23,7 @@ use crate::plot::{write_pareto, ParetoPoint, ParetoSeries};
 use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
 use crate::train::{train, EvalPlan, EvalPoint, Method, TrainOptions};
+use crate::KernelAutodiffBackend;
 
 /// One regulariser to sweep.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,7 +131,7 @@ fn row(method: &str, lambda: Option<f64>, step: usize, scores: &[EvalScore], n_s
 }
 
 /// Runs the sweep from `model` (with its starting adapters, which are every prior's anchor).
-pub fn run_sweep<B: AutodiffBackend>(
+pub fn run_sweep<B: KernelAutodiffBackend>(
     model: &Llama<B>,
     lora: &LoraConfig,
     data: &SweepData<'_>,

@@ -98,7 +98,7 @@ macro_rules! backend_cases {
                 if !run() {
                     return;
                 }
-                fn grads<BB: burn::tensor::backend::Backend>(device: &BB::Device) -> Vec<Vec<f32>> {
+                fn grads<BB: lalora::KernelBackend>(device: &BB::Device) -> Vec<Vec<f32>> {
                     let base = Llama::<Autodiff<BB>>::load(&fixture("llama/gqa"), device).unwrap();
                     let (model, _) = peft::load_adapter(base, &fixture("peft/all7")).unwrap();
                     let reference = Reference::load(&fixture("llama/gqa"));

@@ -25,11 +25,16 @@ compile_error!("lalora-backends needs one backend feature: flex, ndarray, wgpu o
 /// The autodiff wrapper used for training on any backend.
 pub use burn::backend::Autodiff;
 
+pub mod kernels;
+pub use kernels::{KernelAutodiffBackend, KernelBackend};
+
 /// burn's portable CPU backend (gemm-based, multi-threaded). The default.
 #[cfg(feature = "flex")]
 pub mod flex {
     /// The tensor backend.
     pub type Backend = burn_flex::Flex<f32, i32>;
+
+    impl crate::KernelBackend for Backend {}
     /// Human-readable backend name, as printed in reports.
     pub const NAME: &str = "flex";
     /// The default device.
@@ -47,6 +52,8 @@ pub mod flex {
 pub mod ndarray {
     /// The tensor backend.
     pub type Backend = burn_ndarray::NdArray<f32, i64>;
+
+    impl crate::KernelBackend for Backend {}
     /// Human-readable backend name, as printed in reports.
     pub const NAME: &str = "ndarray";
     /// The default device.
@@ -64,6 +71,8 @@ pub mod ndarray {
 pub mod wgpu {
     /// The tensor backend.
     pub type Backend = burn_wgpu::Wgpu<f32, i32>;
+
+    impl crate::KernelBackend for Backend {}
     /// Human-readable backend name, as printed in reports.
     pub const NAME: &str = "wgpu";
     /// The default device: the best adapter wgpu finds.
@@ -86,6 +95,8 @@ pub mod wgpu {
 pub mod cuda {
     /// The tensor backend.
     pub type Backend = burn_cuda::Cuda<f32, i32>;
+
+    impl crate::KernelBackend for Backend {}
     /// Human-readable backend name, as printed in reports.
     pub const NAME: &str = "cuda";
     /// The default device: GPU 0.

@@ -14,6 +14,7 @@ use crate::data::Batch;
 use crate::llama::{ForwardOptions, Llama};
 use crate::lora::AdapterTap;
 use crate::loss::{head_forward, hidden_grad, HeadOutput};
+use crate::KernelAutodiffBackend;
 
 /// Which labels the Fisher is taken under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,7 +87,7 @@ struct Pass<B: Backend> {
 
 /// Captures one batch into `acc`: one forward pass per backward pass (burn's graph is consumed
 /// by `backward`), inputs recorded once. Dropout is off.
-pub fn capture_batch<B: AutodiffBackend>(
+pub fn capture_batch<B: KernelAutodiffBackend>(
     model: &Llama<B>,
     batch: &Batch<B>,
     fisher: FisherType,

@@ -2,7 +2,6 @@
 //! a continuation of the context; `acc` picks the highest sum, `acc_norm` the highest sum per
 //! byte of the choice's text.
 
-use burn::tensor::backend::Backend;
 
 use super::text::sequence_nll_sums;
 use super::EvalOptions;
@@ -11,6 +10,7 @@ use crate::error::Result;
 use crate::llama::Llama;
 use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
+use crate::KernelBackend;
 
 /// One tokenised multiple-choice question.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,7 +71,7 @@ fn argmax(values: &[f64]) -> usize {
 }
 
 /// `(acc, acc_norm)` over `items`.
-pub fn score_choices<B: Backend>(model: &Llama<B>, items: &[ChoiceItem], options: &EvalOptions, progress: &Progress) -> (f64, f64) {
+pub fn score_choices<B: KernelBackend>(model: &Llama<B>, items: &[ChoiceItem], options: &EvalOptions, progress: &Progress) -> (f64, f64) {
     let sequences: Vec<Sequence> = items.iter().flat_map(|i| i.sequences(options.max_len)).collect();
     let sums = sequence_nll_sums(model, &sequences, options.batch_size, &Progress::hidden());
     let (mut correct, mut correct_norm) = (0usize, 0usize);

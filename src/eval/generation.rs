@@ -1,7 +1,6 @@
 //! Generation sets: greedy decoding with the KV cache, then exact match of the extracted answer
 //! (the text after the last `####`, else the last number), as in GSM8K.
 
-use burn::tensor::backend::Backend;
 
 use super::EvalOptions;
 use crate::data::Record;
@@ -10,6 +9,7 @@ use crate::generate::{generate, SamplingConfig};
 use crate::llama::Llama;
 use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
+use crate::KernelBackend;
 
 /// One tokenised generation item.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,7 +75,7 @@ pub fn answers_match(extracted: &str, expected: &str) -> bool {
 
 /// Fraction of items whose greedy generation contains the right answer. Decoding stops at an
 /// end-of-sequence token or after the first line.
-pub fn score_generation<B: Backend>(
+pub fn score_generation<B: KernelBackend>(
     model: &Llama<B>,
     tokenizer: &Tokenizer,
     items: &[GenerationItem],

@@ -8,7 +8,6 @@ mod text;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
 use serde::Serialize;
 
 pub use choice::{score_choices, ChoiceItem};
@@ -20,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::llama::Llama;
 use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
+use crate::KernelBackend;
 
 /// The items of one evaluation file, tokenised.
 #[derive(Debug, Clone)]
@@ -143,7 +143,7 @@ pub fn load_eval_set(path: &Path, tokenizer: &Tokenizer, max_len: usize) -> Resu
 }
 
 /// Scores a model on one set.
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: KernelBackend>(
     model: &Llama<B>,
     tokenizer: &Tokenizer,
     set: &EvalSet,

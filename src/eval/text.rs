@@ -4,13 +4,13 @@
 //! mean NLL over every predicted position. File-level figures average over all predicted
 //! positions of the file.
 
-use burn::tensor::backend::Backend;
 use serde::Serialize;
 
 use crate::data::{Batch, Sequence};
 use crate::llama::{ForwardOptions, Llama};
 use crate::loss::head_forward;
 use crate::progress::Progress;
+use crate::KernelBackend;
 
 /// One sequence's score.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -35,7 +35,7 @@ pub struct TextScore {
 }
 
 /// Summed NLL and predicted-token count of each sequence, scored `batch_size` at a time.
-pub fn sequence_nll_sums<B: Backend>(
+pub fn sequence_nll_sums<B: KernelBackend>(
     model: &Llama<B>,
     sequences: &[Sequence],
     batch_size: usize,
@@ -56,7 +56,7 @@ pub fn sequence_nll_sums<B: Backend>(
 }
 
 /// Scores every sequence and the file as a whole.
-pub fn score_text<B: Backend>(model: &Llama<B>, sequences: &[Sequence], batch_size: usize, progress: &Progress) -> TextScore {
+pub fn score_text<B: KernelBackend>(model: &Llama<B>, sequences: &[Sequence], batch_size: usize, progress: &Progress) -> TextScore {
     let sums = sequence_nll_sums(model, sequences, batch_size, progress);
     let tokens: usize = sums.iter().map(|(_, n)| n).sum();
     let total: f64 = sums.iter().map(|(s, _)| s).sum();

@@ -5,13 +5,14 @@
 //! `layers[i].self_attn.q_proj.weight`), so loading and PEFT export need no remap table.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
 use super::cache::KvCache;
 use super::config::LlamaConfig;
 use super::rope::{inverse_frequencies, RopeTables};
 use crate::lora::{AdapterTap, LoraAdapter, LoraLinear};
+use crate::KernelBackend;
 
 /// Per-call switches of the forward pass.
 pub struct ForwardOptions<'a, B: Backend> {
@@ -67,7 +68,7 @@ pub struct Attention<B: Backend> {
     pub head_dim: usize,
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: KernelBackend> Attention<B> {
     /// # Shapes
     /// - x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
     /// - bias: `[batch or 1, 1, groups * seq, past + seq]`, from [`attention_bias`]
@@ -107,10 +108,7 @@ impl<B: Backend> Attention<B> {
             .reshape([batch, kvh, groups * seq, d]); // [batch, kvh, groups * seq, d]
         let k = k.swap_dims(1, 2); // [batch, kvh, keys, d]
         let v = v.swap_dims(1, 2); // [batch, kvh, keys, d]
-        let scores = q.matmul(k.transpose()) + rope.bias.clone(); // [batch, kvh, groups * seq, keys]
-        let weights = softmax(scores, 3);
-        let context = weights
-            .matmul(v) // [batch, kvh, groups * seq, d]
+        let context = B::grouped_attention(q, k, v, rope.bias.clone()) // [batch, kvh, groups * seq, d]
             .reshape([batch, kvh, groups, seq, d])
             .permute([0, 3, 1, 2, 4])
             .reshape([batch, seq, h * d]);
@@ -169,7 +167,7 @@ pub struct Mlp<B: Backend> {
     pub down_proj: LoraLinear<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: KernelBackend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>, train: bool, mut taps: Option<&mut Vec<AdapterTap<B>>>) -> Tensor<B, 3> {
         let gate = self.gate_proj.forward_with(x.clone(), train, taps.as_deref_mut());
         let up = self.up_proj.forward_with(x, train, taps.as_deref_mut());
@@ -235,7 +233,7 @@ pub struct Llama<B: Backend> {
     pub config: LlamaConfig,
 }
 
-impl<B: Backend> Llama<B> {
+impl<B: KernelBackend> Llama<B> {
     /// Logits for a batch.
     ///
     /// # Shapes
@@ -311,6 +309,9 @@ impl<B: Backend> Llama<B> {
         }
     }
 
+}
+
+impl<B: Backend> Llama<B> {
     /// Projects hidden states to the vocabulary.
     ///
     /// # Shapes

@@ -27,6 +27,7 @@ use crate::llama::Llama;
 use crate::lora::LoraConfig;
 use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
+use crate::KernelAutodiffBackend;
 
 /// How the adapters are regularised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,7 +242,7 @@ impl RunDir {
 /// non-finite loss or penalty stops the run with an error naming the step; the last good
 /// checkpoint is kept.
 #[allow(clippy::too_many_arguments)]
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: KernelAutodiffBackend>(
     model: Llama<B>,
     lora: &LoraConfig,
     prior: Option<&LaplacePrior<B>>,
@@ -371,7 +372,7 @@ pub fn train<B: AutodiffBackend>(
 }
 
 /// Scores every eval set on the model without autodiff.
-fn evaluate_all<B: AutodiffBackend>(model: &Llama<B>, eval: &EvalPlan<'_>, step: usize) -> Result<EvalPoint> {
+fn evaluate_all<B: KernelAutodiffBackend>(model: &Llama<B>, eval: &EvalPlan<'_>, step: usize) -> Result<EvalPoint> {
     let inner = model.valid();
     let scores = eval
         .sets

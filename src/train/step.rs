@@ -12,6 +12,7 @@ use crate::data::Batch;
 use crate::laplace::PenaltyTerm;
 use crate::llama::{ForwardOptions, Llama};
 use crate::loss::{head_forward, hidden_grad};
+use crate::{KernelAutodiffBackend, KernelBackend};
 
 /// AdamW's hyper-parameters, with PyTorch's defaults written out (burn's differ: eps 1e-5,
 /// weight decay 1e-4).
@@ -56,7 +57,7 @@ pub struct LmObjective<B: AutodiffBackend> {
 /// Token-mean NLL of a batch (`sum_t nll_t / num_targets`, dropout on when `train`), with the
 /// head's gradient in closed form. With `head_grad` the surrogate also carries the gradient of
 /// the head weight (`dL/dW = (dL/dlogits)^T h`), for full-parameter training.
-pub fn lm_objective<B: AutodiffBackend>(model: &Llama<B>, batch: &Batch<B>, train: bool, head_grad: bool) -> LmObjective<B> {
+pub fn lm_objective<B: KernelAutodiffBackend>(model: &Llama<B>, batch: &Batch<B>, train: bool, head_grad: bool) -> LmObjective<B> {
     let options = ForwardOptions { train, ..Default::default() };
     let hidden = model.hidden_states(batch.input_ids.clone(), Some(batch.key_mask.clone()), options);
     let head = model.head_weight();
@@ -78,7 +79,7 @@ pub fn lm_objective<B: AutodiffBackend>(model: &Llama<B>, batch: &Batch<B>, trai
 }
 
 /// Token-mean NLL of a batch without gradients (for evaluation on any backend).
-pub fn lm_loss<B: Backend>(model: &Llama<B>, batch: &Batch<B>) -> f64 {
+pub fn lm_loss<B: KernelBackend>(model: &Llama<B>, batch: &Batch<B>) -> f64 {
     let hidden = model.hidden_states(batch.input_ids.clone(), Some(batch.key_mask.clone()), ForwardOptions::default());
     let out = head_forward(model.head_weight(), hidden);
     let nll = out.nll(batch.targets.clone()) * batch.loss_mask.clone();
@@ -159,7 +160,7 @@ pub fn train_step<B, O>(
     penalty: Option<&dyn Fn(&Llama<B>) -> PenaltyTerm<B>>,
 ) -> (Llama<B>, StepOutput)
 where
-    B: AutodiffBackend,
+    B: KernelAutodiffBackend,
     O: Optimizer<Llama<B>, B>,
     Llama<B>: AutodiffModule<B>,
 {

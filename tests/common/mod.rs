@@ -105,7 +105,7 @@ impl Reference {
 
     /// Runs `model` on the reference batch and asserts that every row's real-position logits
     /// equal the reference's to `atol`; `what` names the case in a failure.
-    pub fn assert_logits_equal<B: Backend>(&self, model: &Llama<B>, device: &B::Device, what: &str, atol: f32) {
+    pub fn assert_logits_equal<B: lalora::KernelBackend>(&self, model: &Llama<B>, device: &B::Device, what: &str, atol: f32) {
         let (ids, mask) = self.tensors::<B>(device);
         let logits = model.forward(ids, Some(mask));
         for (i, &len) in self.lengths().iter().enumerate() {
