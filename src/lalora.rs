@@ -1,54 +1,140 @@
-//! [`LaLoRA`]: a Llama with LoRA adapters, the type users import.
+//! [`LaLoRA`]: a Llama with LoRA adapters and, once fitted or loaded, its Laplace prior. The
+//! type users import; every workflow (fit the prior, train, evaluate, generate, save, merge)
+//! is a method on it.
+//!
+//! ```text
+//! let mut lalora = LaLoRA::<B>::load(model_dir, AdapterSource::Fresh(lora), &device)?;
+//! lalora.fit_prior(&sources, &LaplaceConfig::new(), false)?;            // F at the anchor
+//! let (lalora, report) = lalora.train(&data, &train_config, &control)?; // + lambda/2 penalty
+//! lalora.save_adapter(out)?;                                            // PEFT layout
+//! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use burn::tensor::backend::Backend;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::eval::{evaluate, EvalOptions, EvalScore, EvalSet};
+use crate::generate::{generate, SamplingConfig};
 use crate::io::peft;
+use crate::laplace::{fit, FitReport, LaplaceConfig, LaplacePrior, SourceData};
 use crate::llama::Llama;
 use crate::lora::LoraConfig;
+use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
+use crate::train::{train, TrainConfig, TrainControl, TrainData, TrainReport};
+use crate::{KernelAutodiffBackend, KernelBackend};
 
-/// A Llama with its LoRA adapters and the settings they were made with.
-#[derive(Debug)]
+/// Where a model's starting adapters come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdapterSource {
+    /// No adapters: the base model alone (to evaluate or generate with it).
+    None,
+    /// Fresh adapters made as the config says (its init: peft, gaussian or offset).
+    Fresh(LoraConfig),
+    /// A PEFT adapter directory (`adapter_config.json` + `adapter_model.safetensors`).
+    Peft(PathBuf),
+    /// A saved prior (`lalora laplace --out DIR`): its anchor becomes the adapters and the
+    /// prior is attached.
+    Prior(PathBuf),
+}
+
+/// A Llama with LoRA adapters, the settings they were made with, and an optional Laplace prior
+/// (anchor theta*, curvature F, precision delta).
+#[derive(Module, Debug)]
 pub struct LaLoRA<B: Backend> {
     /// The model; adapters live in its projections.
     pub model: Llama<B>,
     /// Rank, alpha, targets and init of the adapters.
     pub lora: LoraConfig,
+    /// The prior fitted on source data (or loaded), if any.
+    pub prior: Option<LaplacePrior<B>>,
 }
 
 impl<B: Backend> LaLoRA<B> {
-    /// Loads an HF model directory and adds fresh adapters as `lora` says.
-    pub fn new(model_dir: &Path, lora: &LoraConfig, device: &B::Device) -> Result<Self> {
-        let model = Llama::load(model_dir, device)?.with_adapters(lora)?;
-        Ok(LaLoRA { model, lora: lora.clone() })
+    /// Loads an HF model directory (config.json and safetensors weights) with adapters from
+    /// `adapters`.
+    pub fn load(model_dir: &Path, adapters: AdapterSource, device: &B::Device) -> Result<Self> {
+        Self::from_model(Llama::load(model_dir, device)?, adapters)
     }
 
-    /// Loads an HF model directory and a PEFT adapter directory for it.
-    pub fn with_adapter(model_dir: &Path, adapter_dir: &Path, device: &B::Device) -> Result<Self> {
-        let model = Llama::load(model_dir, device)?;
-        let (model, info) = peft::load_adapter(model, adapter_dir)?;
-        Ok(LaLoRA { model, lora: info.lora })
+    /// Adds adapters from `adapters` to a model (its own adapters, if any, are replaced).
+    pub fn from_model(model: Llama<B>, adapters: AdapterSource) -> Result<Self> {
+        match adapters {
+            AdapterSource::None => Ok(LaLoRA { model, lora: LoraConfig::new().with_targets(vec![]), prior: None }),
+            AdapterSource::Fresh(lora) => Ok(LaLoRA { model: model.with_adapters(&lora)?, lora, prior: None }),
+            AdapterSource::Peft(dir) => {
+                let (model, info) = peft::load_adapter(model, &dir)?;
+                Ok(LaLoRA { model, lora: info.lora, prior: None })
+            }
+            AdapterSource::Prior(dir) => {
+                let (model, info) = peft::load_adapter(model, &dir.join("anchor"))?;
+                let prior = LaplacePrior::read(&dir, &model)?;
+                Ok(LaLoRA { model, lora: info.lora, prior: Some(prior) })
+            }
+        }
+    }
+
+    /// Attaches the prior saved in `dir`; the adapters stay as they are (the prior's anchor is
+    /// read from `dir/anchor`).
+    pub fn load_prior(&mut self, dir: &Path) -> Result<()> {
+        self.prior = Some(LaplacePrior::load(dir, &self.model)?);
+        Ok(())
     }
 
     /// Saves the adapters in PEFT's layout.
     pub fn save_adapter(&self, dir: &Path) -> Result<()> {
         peft::save_adapter(&self.model, &self.lora, dir)
     }
+
+    /// Saves the prior (`curvature.safetensors`, `laplace.json`, `anchor/`) to `dir`.
+    pub fn save_prior(&self, dir: &Path) -> Result<()> {
+        let prior = self.prior.as_ref().ok_or_else(|| Error::arg("laplace", "no prior to save: fit or load one first"))?;
+        prior.save(dir, &self.model, &self.lora)
+    }
+
+    /// The model with every adapter folded into its base weight (`W0 + s (B A - B0 A0)`), for
+    /// export as a plain checkpoint.
+    pub fn merge(self) -> Llama<B> {
+        self.model.merge_adapters()
+    }
 }
 
-/// Loads `model_dir`, with the adapter in `adapter_dir` if one is given, and its tokenizer.
-pub fn load_for_inference<B: Backend>(
-    model_dir: &Path,
-    adapter_dir: Option<&Path>,
-    device: &B::Device,
-) -> Result<(Llama<B>, Tokenizer)> {
-    let tokenizer = Tokenizer::from_dir(model_dir)?;
-    let model = match adapter_dir {
-        Some(dir) => LaLoRA::with_adapter(model_dir, dir, device)?.model,
-        None => Llama::load(model_dir, device)?,
-    };
-    Ok((model, tokenizer))
+impl<B: KernelBackend> LaLoRA<B> {
+    /// Scores the model on each set (call it on `lalora.valid()` when `B` is an autodiff
+    /// backend, to skip the graph).
+    pub fn evaluate(&self, tokenizer: &Tokenizer, sets: &[EvalSet], options: &EvalOptions) -> Result<Vec<EvalScore>> {
+        sets.iter().map(|set| evaluate(&self.model, tokenizer, set, options, &Progress::hidden())).collect()
+    }
+
+    /// Generates after `prompt` (token ids), stopping at the model's end-of-sequence tokens;
+    /// returns the new tokens.
+    pub fn generate(&self, prompt: &[u32], config: &SamplingConfig) -> Result<Vec<u32>> {
+        if prompt.is_empty() {
+            return Err(Error::arg("prompt", "is empty (no tokens to continue)"));
+        }
+        Ok(generate(&self.model, prompt, config, &self.model.config.eos_token_ids))
+    }
+}
+
+impl<B: KernelAutodiffBackend> LaLoRA<B> {
+    /// Fits the Laplace prior on source data at the current adapters (the anchor) and keeps
+    /// it. The backend's generator is seeded with `config.seed` first, so a fit is
+    /// reproducible.
+    pub fn fit_prior(&mut self, sources: &[SourceData], config: &LaplaceConfig, progress: bool) -> Result<FitReport> {
+        B::seed(&self.model.embed_tokens.device(), config.seed);
+        let (prior, report) = fit(&self.model, &self.lora, sources, config, progress)?;
+        self.prior = Some(prior);
+        Ok(report)
+    }
+
+    /// Trains the adapters on `data` with the penalty `config.penalty` (the Laplace penalty
+    /// uses this model's prior). With a run directory in `control`, writes `config.json`,
+    /// `log.jsonl` and checkpoints, and can resume.
+    pub fn train(self, data: &TrainData<'_>, config: &TrainConfig, control: &TrainControl) -> Result<(Self, TrainReport)> {
+        let LaLoRA { model, lora, prior } = self;
+        let (model, report) = train(model, &lora, prior.as_ref(), data, config, control)?;
+        Ok((LaLoRA { model, lora, prior }, report))
+    }
 }

@@ -3,25 +3,93 @@
 //!
 //! On disk (`lalora laplace --out DIR`): `DIR/curvature.safetensors` (names in
 //! [`crate::curvature::math`]), `DIR/laplace.json` ([`LaplaceMeta`]) and the anchor adapter in
-//! PEFT layout in `DIR/anchor/`.
+//! PEFT layout in `DIR/anchor/`. A prior is written as one unit: into a temporary directory
+//! that then replaces `DIR`.
+//!
+//! No `Result` alias is imported here: burn's `Config` derive writes `Result<..>` in its code.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::config::Config;
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::curvature::accumulate::Accumulator;
 use crate::curvature::capture::{adapter_infos, capture_batch};
 use crate::curvature::{inner, Curvature, Estimator, FisherType};
-use crate::data::Batch;
-use crate::error::{Error, Result};
+use crate::data::{lm_sequences, permutation, Batch, Sequence};
+use crate::error::Error;
 use crate::io::{peft, read_json, save_tensors, write_json_atomic, TensorFiles};
-use crate::llama::Llama;
-use crate::lora::{LoraConfig, LoraInit};
+use crate::llama::{Llama, Projection};
+use crate::lora::{trainable_param, LoraConfig, LoraInit};
 use crate::progress::Progress;
+use crate::tokenizer::Tokenizer;
 use crate::KernelAutodiffBackend;
+
+/// How to fit a prior: the estimator, the labels, and which source data.
+#[derive(Config, Debug, PartialEq)]
+pub struct LaplaceConfig {
+    /// The curvature. Default kfac (B-KFAC).
+    #[config(default = "Estimator::Kfac")]
+    pub estimator: Estimator,
+    /// Which labels the Fisher is taken under. Default one Monte-Carlo draw per token.
+    #[config(default = "FisherType::Mc { samples: 1 }")]
+    pub fisher: FisherType,
+    /// Batches taken from each source (the paper uses two). Default 2.
+    #[config(default = 2)]
+    pub batches_per_source: usize,
+    /// Sequences per batch. Default 8.
+    #[config(default = 8)]
+    pub batch_size: usize,
+    /// Tokens kept per sequence when the data is read. Default 512.
+    #[config(default = 512)]
+    pub max_len: usize,
+    /// delta in `F + delta I`. Default 0.
+    #[config(default = 0.0)]
+    pub prior_precision: f64,
+    /// Seed of the data order and of the label sampler. Default 0.
+    #[config(default = 0)]
+    pub seed: u64,
+}
+
+impl LaplaceConfig {
+    /// Checks every range; the error names the setting.
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.batches_per_source == 0 {
+            return Err(Error::arg("batches", "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::arg("batch-size", "must be at least 1"));
+        }
+        if let FisherType::Mc { samples: 0 } = self.fisher {
+            return Err(Error::arg("samples", "must be at least 1"));
+        }
+        if !(self.prior_precision.is_finite() && self.prior_precision >= 0.0) {
+            return Err(Error::arg("prior-precision", "must be a non-negative number"));
+        }
+        Ok(())
+    }
+}
+
+/// One source data set for a fit: its name (for reports and `laplace.json`) and sequences.
+#[derive(Debug, Clone)]
+pub struct SourceData {
+    /// Usually the file it came from.
+    pub name: String,
+    /// Tokenised sequences.
+    pub sequences: Vec<Sequence>,
+}
+
+impl SourceData {
+    /// Reads and tokenises a language-modelling file (`text`, or `prompt` + `completion`),
+    /// keeping `max_len` tokens per sequence; the name is the path.
+    pub fn read(path: &Path, tokenizer: &Tokenizer, max_len: usize) -> crate::Result<Self> {
+        Ok(SourceData { name: path.display().to_string(), sequences: lm_sequences(path, tokenizer, max_len)? })
+    }
+}
 
 /// What `laplace.json` records about a fitted prior.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,25 +113,25 @@ pub struct LaplaceMeta {
     /// rsLoRA scaling.
     pub rslora: bool,
     /// Adapted projections.
-    pub targets: Vec<String>,
+    pub targets: Vec<Projection>,
     /// Init of the anchor adapters.
     pub init: LoraInit,
-    /// Source data files.
+    /// Source data sets.
     pub data: Vec<String>,
-    /// Batches taken from each file.
+    /// Batches taken from each source.
     pub batches_per_file: usize,
     /// Sequences per batch.
     pub batch_size: usize,
     /// Token limit per sequence.
     pub max_len: usize,
-    /// Seed of the label sampler.
+    /// Seed of the data order and the label sampler.
     pub seed: u64,
     /// lalora version that wrote it.
     pub lalora_version: String,
 }
 
 /// One adapter's anchor `(A*, B*)`.
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct Anchor<B: Backend> {
     /// HF module path.
     pub path: String,
@@ -81,8 +149,22 @@ pub struct PenaltyTerm<B: Backend> {
     pub value: Tensor<B, 1>,
 }
 
-/// The prior `N(theta*, (F + delta I)^-1)` over the adapters.
-#[derive(Debug, Clone)]
+/// What a fit reports besides the prior.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitReport {
+    /// Loss-carrying source tokens F averages over.
+    pub tokens: usize,
+    /// Batches captured.
+    pub batches: usize,
+    /// Wall time of the capture.
+    pub seconds: f64,
+    /// Remarks a user should see (a source with fewer sequences than asked for, ...).
+    pub notes: Vec<String>,
+}
+
+/// The prior `N(theta*, (F + delta I)^-1)` over the adapters. Its tensors are constants of
+/// the module (no parameters), so it travels with a [`crate::LaLoRA`] between backends.
+#[derive(Module, Debug)]
 pub struct LaplacePrior<B: Backend> {
     /// `theta*`, one entry per adapter in model order.
     pub anchors: Vec<Anchor<B>>,
@@ -90,12 +172,14 @@ pub struct LaplacePrior<B: Backend> {
     pub curvature: Option<Curvature<B>>,
     /// delta.
     pub prior_precision: f64,
+    /// How it was fitted (`None` for an isotropic prior).
+    pub meta: Option<LaplaceMeta>,
 }
 
 impl<B: Backend> LaplacePrior<B> {
     /// The isotropic prior `delta I` around the model's current adapters.
     pub fn isotropic(model: &Llama<B>, prior_precision: f64) -> Self {
-        LaplacePrior { anchors: anchors_of(model), curvature: None, prior_precision }
+        LaplacePrior { anchors: anchors_of(model), curvature: None, prior_precision, meta: None }
     }
 
     /// `(theta - theta*)^T (F + delta I) (theta - theta*)` for the model's adapters;
@@ -153,56 +237,70 @@ impl<B: Backend> LaplacePrior<B> {
         PenaltyTerm { surrogate: Tensor::cat(surrogates, 0).sum(), value: Tensor::cat(values, 0).sum().mul_scalar(scale) }
     }
 
-    /// Writes `curvature.safetensors`, `laplace.json` and `anchor/` to `dir`.
-    pub fn save(&self, dir: &Path, meta: &LaplaceMeta, model: &Llama<B>, lora: &LoraConfig) -> Result<()> {
+    /// Writes `curvature.safetensors`, `laplace.json` and `anchor/` to `dir`, as one unit: the
+    /// files go to a temporary sibling directory, which then replaces `dir`. `model` supplies
+    /// the adapters' structure (and the offset of an offset init); the anchor values are the
+    /// prior's own.
+    pub fn save(&self, dir: &Path, model: &Llama<B>, lora: &LoraConfig) -> crate::Result<()> {
         let curvature = self.curvature.as_ref().ok_or_else(|| Error::arg("curvature", "an isotropic prior has no curvature file"))?;
-        let tensors = curvature.tensors().into_iter().map(|(n, t)| (n, t.into_data())).collect();
-        let metadata = [("format".to_string(), "lalora-curvature".to_string())].into_iter().collect();
-        save_tensors(&dir.join("curvature.safetensors"), tensors, Some(metadata))?;
-        write_json_atomic(&dir.join("laplace.json"), meta)?;
-        // The anchor is the model's adapters at fit time.
-        peft::save_adapter(model, lora, &dir.join("anchor"))
+        let meta = self.meta.as_ref().ok_or_else(|| Error::arg("curvature", "the prior has no fit metadata to save"))?;
+        let tmp = sibling(dir, "tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        let written = (|| {
+            let tensors = curvature.tensors().into_iter().map(|(n, t)| (n, t.into_data())).collect();
+            let metadata = [("format".to_string(), "lalora-curvature".to_string())].into_iter().collect();
+            save_tensors(&tmp.join("curvature.safetensors"), tensors, Some(metadata))?;
+            write_json_atomic(&tmp.join("laplace.json"), meta)?;
+            peft::save_adapter(&self.at_anchor(model.clone()), lora, &tmp.join("anchor"))
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        replace_dir(&tmp, dir)
     }
 
-    /// Loads a prior written by [`Self::save`] for `model`, checking that it fits the model's
-    /// adapters (paths, shapes, rank, scale).
-    pub fn load(dir: &Path, model: &Llama<B>) -> Result<(Self, LaplaceMeta)> {
-        let meta_path = dir.join("laplace.json");
-        let meta: LaplaceMeta = read_json(&meta_path)?;
-        if !(meta.prior_precision.is_finite() && meta.prior_precision >= 0.0) {
-            return Err(Error::config(&meta_path, "prior_precision", "must be a non-negative number"));
+    /// `model` with its adapters set to the anchor values.
+    fn at_anchor(&self, mut model: Llama<B>) -> Llama<B> {
+        for (adapter, anchor) in model.adapters_mut().into_iter().zip(&self.anchors) {
+            let path = adapter.path();
+            adapter.lora_a = trainable_param(anchor.a.clone(), &format!("{path}.lora_A"));
+            adapter.lora_b = trainable_param(anchor.b.clone(), &format!("{path}.lora_B"));
         }
-        let adapters = model.adapters();
-        if adapters.is_empty() {
-            return Err(Error::Mismatch { path: dir.to_path_buf(), reason: "the model has no adapters to regularise".into() });
-        }
-        for a in &adapters {
-            if a.rank() != meta.rank || (a.scale - meta.scale).abs() > 1e-9 * meta.scale.abs().max(1.0) {
-                return Err(Error::Mismatch {
-                    path: meta_path,
-                    reason: format!(
-                        "prior has rank {} and scale {}, adapter `{}` has rank {} and scale {}",
-                        meta.rank, meta.scale, a.path, a.rank(), a.scale
-                    ),
-                });
-            }
-        }
+        model
+    }
+
+    /// Reads the prior in `dir` for a model whose adapters are already the prior's anchor
+    /// (loaded from `dir/anchor`): `laplace.json` and `curvature.safetensors` are read and
+    /// checked against those adapters (paths, shapes, rank, scale).
+    pub fn read(dir: &Path, anchor_model: &Llama<B>) -> crate::Result<Self> {
+        Self::read_with(dir, read_meta(dir)?, anchor_model)
+    }
+
+    /// Loads the prior in `dir` for `model`, whose adapters need not be at the anchor but must
+    /// have the prior's shapes: the anchor is read from `dir/anchor` (once) and must adapt the
+    /// same modules.
+    pub fn load(dir: &Path, model: &Llama<B>) -> crate::Result<Self> {
+        let meta = read_meta(dir)?;
+        check_adapters(&meta, dir, model)?;
         let (anchor_model, _) = peft::load_adapter(model.clone(), &dir.join("anchor"))?;
-        let anchors = anchors_of(&anchor_model);
-        let paths: Vec<&str> = adapters.iter().map(|a| a.path.as_str()).collect();
-        let anchor_paths: Vec<&str> = anchors.iter().map(|a| a.path.as_str()).collect();
+        let paths: Vec<String> = model.adapters().iter().map(|a| a.path()).collect();
+        let anchor_paths: Vec<String> = anchor_model.adapters().iter().map(|a| a.path()).collect();
         if paths != anchor_paths {
             return Err(Error::Mismatch {
                 path: dir.join("anchor"),
                 reason: format!("anchor adapts {} modules, the model {}", anchor_paths.len(), paths.len()),
             });
         }
+        Self::read_with(dir, meta, &anchor_model)
+    }
+
+    fn read_with(dir: &Path, meta: LaplaceMeta, anchor_model: &Llama<B>) -> crate::Result<Self> {
+        check_adapters(&meta, dir, anchor_model)?;
         let curvature_path = dir.join("curvature.safetensors");
         let files = TensorFiles::open_file(&curvature_path)?;
-        let device = model.embed_tokens.device();
-        let blocks: Vec<(String, [usize; 2], usize)> =
-            adapters.iter().map(|a| (a.path.clone(), [a.lora_b.dims()[0], a.lora_a.dims()[1]], a.rank())).collect();
-        let curvature = Curvature::from_tensors(meta.curvature, &blocks, |name, shape| {
+        let device = anchor_model.embed_tokens.device();
+        let curvature = Curvature::from_tensors(meta.curvature, &adapter_infos(anchor_model), |name, shape| {
             Ok(Tensor::from_data(files.read_f32(name, &shape)?, &device))
         })?;
         let expected: usize = curvature.tensors().len();
@@ -212,75 +310,148 @@ impl<B: Backend> LaplacePrior<B> {
                 reason: format!("holds {} tensors, the model's adapters need {expected}", files.names().len()),
             });
         }
-        Ok((LaplacePrior { anchors, curvature: Some(curvature), prior_precision: meta.prior_precision }, meta))
+        Ok(LaplacePrior { anchors: anchors_of(anchor_model), curvature: Some(curvature), prior_precision: meta.prior_precision, meta: Some(meta) })
     }
 }
 
-impl<B: AutodiffBackend> LaplacePrior<B> {
-    /// Moves a prior fitted on the inner backend onto the autodiff backend (as constants).
-    pub fn from_inner(prior: LaplacePrior<B::InnerBackend>) -> Self {
-        LaplacePrior {
-            anchors: prior
-                .anchors
-                .into_iter()
-                .map(|a| Anchor { path: a.path, a: Tensor::from_inner(a.a), b: Tensor::from_inner(a.b) })
-                .collect(),
-            curvature: prior.curvature.map(|c| c.map(Tensor::from_inner)),
-            prior_precision: prior.prior_precision,
+/// `dir/laplace.json`, with its values checked.
+fn read_meta(dir: &Path) -> crate::Result<LaplaceMeta> {
+    let path = dir.join("laplace.json");
+    let meta: LaplaceMeta = read_json(&path)?;
+    if !(meta.prior_precision.is_finite() && meta.prior_precision >= 0.0) {
+        return Err(Error::config(&path, "prior_precision", "must be a non-negative number"));
+    }
+    Ok(meta)
+}
+
+/// Every adapter of `model` has the prior's rank and scale.
+fn check_adapters<B: Backend>(meta: &LaplaceMeta, dir: &Path, model: &Llama<B>) -> crate::Result<()> {
+    let adapters = model.adapters();
+    if adapters.is_empty() {
+        return Err(Error::Mismatch { path: dir.to_path_buf(), reason: "the model has no adapters to regularise".into() });
+    }
+    for a in &adapters {
+        if a.rank() != meta.rank || (a.scale - meta.scale).abs() > 1e-9 * meta.scale.abs().max(1.0) {
+            return Err(Error::Mismatch {
+                path: dir.join("laplace.json"),
+                reason: format!(
+                    "prior has rank {} and scale {}, adapter `{}` has rank {} and scale {}",
+                    meta.rank,
+                    meta.scale,
+                    a.path(),
+                    a.rank(),
+                    a.scale
+                ),
+            });
         }
     }
+    Ok(())
+}
+
+/// `dir` with `.{tag}-{pid}` appended to its name, in the same parent directory.
+fn sibling(dir: &Path, tag: &str) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "prior".into());
+    dir.with_file_name(format!("{name}.{tag}-{}", std::process::id()))
+}
+
+/// Moves the finished directory `new` to `dir`, replacing what was there.
+fn replace_dir(new: &Path, dir: &Path) -> crate::Result<()> {
+    let old = sibling(dir, "old");
+    let had_old = dir.exists();
+    if had_old {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    if let Err(e) = std::fs::rename(new, dir) {
+        if had_old {
+            let _ = std::fs::rename(&old, dir);
+        }
+        return Err(Error::io(dir, e));
+    }
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
 }
 
 fn anchors_of<B: Backend>(model: &Llama<B>) -> Vec<Anchor<B>> {
-    model
-        .adapters()
-        .iter()
-        .map(|a| Anchor { path: a.path.clone(), a: a.lora_a.val().detach(), b: a.lora_b.val().detach() })
-        .collect()
+    model.adapters().iter().map(|a| Anchor { path: a.path(), a: a.lora_a.val().detach(), b: a.lora_b.val().detach() }).collect()
 }
 
-/// Settings of a fit.
-#[derive(Debug, Clone)]
-pub struct FitOptions {
-    /// Which curvature.
-    pub estimator: Estimator,
-    /// Which labels.
-    pub fisher: FisherType,
-    /// delta.
-    pub prior_precision: f64,
+/// The batches a fit captures: from each source, `batches_per_source` batches of
+/// `batch_size` sequences in a seeded order (all of a source that has fewer, with a note).
+pub fn source_batches<B: Backend>(sources: &[SourceData], config: &LaplaceConfig, device: &B::Device) -> (Vec<Batch<B>>, Vec<String>) {
+    let wanted = config.batches_per_source * config.batch_size;
+    let mut batches = Vec::new();
+    let mut notes = Vec::new();
+    for source in sources {
+        let n = source.sequences.len();
+        if n < wanted {
+            notes.push(format!("{} has {n} sequences, fewer than {wanted}; using all", source.name));
+        }
+        let picked: Vec<&Sequence> = permutation(n, config.seed, 0).into_iter().take(wanted).map(|i| &source.sequences[i]).collect();
+        batches.extend(picked.chunks(config.batch_size.max(1)).map(|chunk| Batch::new(chunk, device)));
+    }
+    (batches, notes)
 }
 
-/// Fits the curvature on `batches` at the model's current adapters (the anchor) and returns
-/// the prior and the number of tokens it averages over.
+/// Fits the prior of `config` on `sources` at the model's current adapters (the anchor).
+///
+/// Labels of the Monte-Carlo Fisher come from the backend's generator, which this function
+/// does not seed (so several fits in a row draw fresh labels); [`crate::LaLoRA::fit_prior`]
+/// seeds it with `config.seed`.
 pub fn fit<B: KernelAutodiffBackend>(
     model: &Llama<B>,
-    batches: &[Batch<B>],
-    options: &FitOptions,
-    progress: &Progress,
-) -> Result<(LaplacePrior<B::InnerBackend>, usize)> {
+    lora: &LoraConfig,
+    sources: &[SourceData],
+    config: &LaplaceConfig,
+    progress: bool,
+) -> crate::Result<(LaplacePrior<B>, FitReport)> {
+    config.validate()?;
     if model.adapters().is_empty() {
         return Err(Error::arg("adapter", "the model has no adapters to fit a prior for"));
     }
-    if !(options.prior_precision.is_finite() && options.prior_precision >= 0.0) {
-        return Err(Error::arg("prior-precision", "must be a non-negative number"));
-    }
-    let mut acc = Accumulator::new(options.estimator, adapter_infos(model));
-    for batch in batches {
-        capture_batch(model, batch, options.fisher, &mut acc);
+    let start = Instant::now();
+    let (batches, notes) = source_batches(sources, config, &model.embed_tokens.device());
+    let progress = Progress::new(progress, batches.len() as u64, &format!("fit {}", config.estimator.name()));
+    let mut acc = Accumulator::new(config.estimator, adapter_infos(model));
+    for batch in &batches {
+        capture_batch(model, batch, config.fisher, &mut acc);
         progress.inc(1);
         progress.message(format!("{} tokens", acc.tokens()));
     }
+    progress.finish();
     let tokens = acc.tokens();
     if tokens == 0 {
         return Err(Error::EmptyData { path: "<source data>".into(), reason: "no loss-carrying tokens to fit on".into() });
     }
-    let curvature = acc.finish();
-    let model_inner = model.valid();
-    let prior = LaplacePrior { anchors: anchors_of(&model_inner), curvature: Some(curvature), prior_precision: options.prior_precision };
-    Ok((prior, tokens))
+    let meta = LaplaceMeta {
+        curvature: config.estimator,
+        fisher: config.fisher.name().to_string(),
+        samples: if let FisherType::Mc { samples } = config.fisher { samples } else { 1 },
+        tokens,
+        prior_precision: config.prior_precision,
+        scale: lora.scale(),
+        rank: lora.rank,
+        alpha: lora.alpha,
+        rslora: lora.rslora,
+        targets: lora.targets.clone(),
+        init: lora.init,
+        data: sources.iter().map(|s| s.name.clone()).collect(),
+        batches_per_file: config.batches_per_source,
+        batch_size: config.batch_size,
+        max_len: config.max_len,
+        seed: config.seed,
+        lalora_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    // Statistics were summed on the inner backend (no graph); the prior lives on the model's.
+    let inner = LaplacePrior { anchors: anchors_of(&model.valid()), curvature: Some(acc.finish()), prior_precision: config.prior_precision, meta: Some(meta) };
+    let report = FitReport { tokens, batches: batches.len(), seconds: start.elapsed().as_secs_f64(), notes };
+    Ok((LaplacePrior::from_inner(inner), report))
 }
 
-/// Whether any adapter has `B = 0` (PEFT's init), where the A-blocks of kfac/tri-kfac vanish.
+/// Whether an adapter's `B = 0` (PEFT's init), where h = 0: the A entries of every estimator
+/// (diag's A diagonal, kfac's G_A, tri-kfac's cross block) are then exactly zero and only B is
+/// constrained.
 pub fn has_zero_b<B: Backend>(model: &Llama<B>) -> bool {
     use burn::tensor::cast::ToElement;
     model.adapters().iter().any(|a| a.lora_b.val().abs().max().into_scalar().to_f64() == 0.0)

@@ -6,8 +6,9 @@
 //! target data. The library is generic over `B: Backend`; pick a backend with the
 //! `lalora-backends` crate (cargo features `flex`, `ndarray`, `wgpu`, `cuda`).
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
+pub mod bench;
 pub mod curvature;
 pub mod data;
 pub mod error;
@@ -19,19 +20,30 @@ pub mod laplace;
 pub mod llama;
 pub mod lora;
 pub mod loss;
-pub mod plot;
-pub mod pretrain;
 pub mod progress;
-pub mod sweep;
-pub mod tasks;
 pub mod tokenizer;
 pub mod train;
 
+// The command line's own workflows: the bundled tasks, pretraining of the bundled model,
+// sweeps, plots and the demo.
+#[cfg(feature = "cli")]
+pub mod demo;
+#[cfg(feature = "cli")]
+pub mod plot;
+#[cfg(feature = "cli")]
+pub mod pretrain;
+#[cfg(feature = "cli")]
+pub mod sweep;
+#[cfg(feature = "cli")]
+pub mod tasks;
+
 pub use error::{Error, Result};
 pub use lalora_backends::{KernelAutodiffBackend, KernelBackend};
-pub use lalora::LaLoRA;
-pub use llama::{Llama, LlamaConfig};
+pub use lalora::{AdapterSource, LaLoRA};
+pub use laplace::{LaplaceConfig, LaplacePrior, SourceData};
+pub use llama::{Llama, LlamaConfig, Projection};
 pub use lora::{LoraConfig, LoraInit, LoraLinear};
+pub use train::{Penalty, TrainConfig, TrainControl, TrainData};
 pub use tokenizer::Tokenizer;
 
 #[cfg(test)]

@@ -10,19 +10,19 @@
 //! `(A0, B0)` is subtracted, `y = W0 x + s (B A - B0 A0) x`, so the function is unchanged at
 //! step 0 but `B != 0` (with `B = 0` the A-blocks of the curvature vanish; see DESIGN.md).
 
+use burn::config::Config;
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-
-/// The seven Llama projections that can carry an adapter, in HF's names.
-pub const ALL_TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+use crate::error::Error;
+use crate::llama::Projection;
 
 /// How adapters start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum LoraInit {
     /// PEFT's default: `A ~ U(-1/sqrt(d_in), 1/sqrt(d_in))` (Kaiming-uniform, a = sqrt 5), `B = 0`.
     #[default]
@@ -35,35 +35,34 @@ pub enum LoraInit {
 }
 
 /// Which projections get adapters and how they are shaped, scaled and initialised.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Config, Debug, PartialEq)]
 pub struct LoraConfig {
     /// Rank r. Default 8.
+    #[config(default = 8)]
     pub rank: usize,
     /// alpha; the scale is alpha / r (alpha / sqrt(r) with rsLoRA). Default 16.
+    #[config(default = 16.0)]
     pub alpha: f64,
     /// Use rsLoRA's scale alpha / sqrt(r). Default false.
+    #[config(default = false)]
     pub rslora: bool,
     /// Dropout on the adapter's input during training. Default 0.
+    #[config(default = 0.0)]
     pub dropout: f64,
-    /// HF module names to adapt (see [`ALL_TARGETS`]). Default: all seven.
-    pub targets: Vec<String>,
+    /// Projections to adapt. Default: all seven.
+    #[config(default = "Projection::ALL.to_vec()")]
+    pub targets: Vec<Projection>,
     /// Initialisation. Default [`LoraInit::Peft`].
+    #[config(default = "LoraInit::Peft")]
     pub init: LoraInit,
     /// Seed for the random parts of the init. Default 0.
+    #[config(default = 0)]
     pub seed: u64,
 }
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        LoraConfig {
-            rank: 8,
-            alpha: 16.0,
-            rslora: false,
-            dropout: 0.0,
-            targets: ALL_TARGETS.iter().map(|s| s.to_string()).collect(),
-            init: LoraInit::Peft,
-            seed: 0,
-        }
+        LoraConfig::new()
     }
 }
 
@@ -73,13 +72,13 @@ impl LoraConfig {
         lora_scale(self.alpha, self.rank, self.rslora)
     }
 
-    /// Whether the projection with this HF name (`q_proj`, ...) gets an adapter.
-    pub fn wants(&self, projection: &str) -> bool {
-        self.targets.iter().any(|t| t == projection)
+    /// Whether this projection gets an adapter.
+    pub fn wants(&self, projection: Projection) -> bool {
+        self.targets.contains(&projection)
     }
 
-    /// Checks ranges and target names.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks ranges.
+    pub fn validate(&self) -> crate::Result<()> {
         if self.rank == 0 {
             return Err(Error::arg("rank", "must be at least 1"));
         }
@@ -91,11 +90,6 @@ impl LoraConfig {
         }
         if self.targets.is_empty() {
             return Err(Error::arg("targets", "names no projection"));
-        }
-        for t in &self.targets {
-            if !ALL_TARGETS.contains(&t.as_str()) {
-                return Err(Error::arg("targets", format!("`{t}` is not one of {}", ALL_TARGETS.join(", "))));
-            }
         }
         Ok(())
     }
@@ -122,8 +116,10 @@ pub struct LoraOffset<B: Backend> {
 /// The trainable part of one adapted projection.
 #[derive(Module, Debug)]
 pub struct LoraAdapter<B: Backend> {
-    /// HF module path, e.g. `model.layers.0.self_attn.q_proj`.
-    pub path: String,
+    /// Decoder layer index.
+    pub layer: usize,
+    /// Which projection of the layer.
+    pub projection: Projection,
     /// `A`, `[r, d_in]`.
     pub lora_a: Param<Tensor<B, 2>>,
     /// `B`, `[d_out, r]`.
@@ -137,6 +133,11 @@ pub struct LoraAdapter<B: Backend> {
 }
 
 impl<B: Backend> LoraAdapter<B> {
+    /// HF module path, e.g. `model.layers.0.self_attn.q_proj`.
+    pub fn path(&self) -> String {
+        self.projection.module_path(self.layer)
+    }
+
     /// Rank r.
     pub fn rank(&self) -> usize {
         self.lora_a.dims()[0]
@@ -240,7 +241,7 @@ impl<B: Backend> LoraLinear<B> {
                 let y = base + with_offset(linear(z_probed, scaled_b));
                 let probe_y = Tensor::zeros(y.shape(), &y.device()).require_grad();
                 taps.push(AdapterTap {
-                    path: adapter.path.clone(),
+                    path: adapter.path(),
                     x: x.detach(),
                     z: z.detach(),
                     probe_y: probe_y.clone(),
@@ -319,9 +320,10 @@ fn tensor2<B: Backend>(values: Vec<f32>, shape: [usize; 2], device: &B::Device) 
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
-/// Creates an adapter for a `[d_out, d_in]` projection as `config` says.
+/// Creates an adapter for the `[d_out, d_in]` projection `projection` of layer `layer` as
+/// `config` says.
 pub fn init_adapter<B: Backend>(
-    path: &str,
+    (layer, projection): (usize, Projection),
     [d_out, d_in]: [usize; 2],
     config: &LoraConfig,
     rng: &mut InitRng,
@@ -342,8 +344,10 @@ pub fn init_adapter<B: Backend>(
             (a, b, Some(offset))
         }
     };
+    let path = projection.module_path(layer);
     LoraAdapter {
-        path: path.to_string(),
+        layer,
+        projection,
         lora_a: trainable_param(tensor2(a, [r, d_in], device), &format!("{path}.lora_A")),
         lora_b: trainable_param(tensor2(b, [d_out, r], device), &format!("{path}.lora_B")),
         offset,
@@ -363,7 +367,7 @@ mod tests {
         let w = tensor2::<TestBackend>(rng.normal(d_out * d_in, 0.5), [d_out, d_in], &device);
         LoraLinear {
             weight: frozen_param(w),
-            adapter: Some(init_adapter("p", [d_out, d_in], config, &mut rng, &device)),
+            adapter: Some(init_adapter((0, Projection::Q), [d_out, d_in], config, &mut rng, &device)),
         }
     }
 
@@ -401,7 +405,7 @@ mod tests {
         let mut layer = projection(5, 4, &config);
         // Move B away from B0 so the update is non-zero.
         let adapter = layer.adapter.as_mut().unwrap();
-        adapter.lora_b = trainable_param(adapter.lora_b.val().mul_scalar(2.0), "p.lora_B");
+        adapter.lora_b = trainable_param(adapter.lora_b.val().mul_scalar(2.0), "model.layers.0.self_attn.q_proj.lora_B");
         let x = input(4);
         let weight_before = layer.weight.val();
         let with_adapter = layer.forward(x.clone());
@@ -421,7 +425,7 @@ mod tests {
 
     #[test]
     fn config_errors_name_the_field() {
-        let bad = LoraConfig { targets: vec!["qproj".into()], ..Default::default() };
+        let bad = LoraConfig { targets: vec![], ..Default::default() };
         assert!(bad.validate().unwrap_err().to_string().contains("targets"));
         let bad = LoraConfig { rank: 0, ..Default::default() };
         assert!(bad.validate().unwrap_err().to_string().contains("rank"));

@@ -54,6 +54,12 @@ impl<B: Backend> HeadOutput<B> {
         self.log_normaliser.clone() - picked
     }
 
+    /// `w_t * -log p(label_t)` per position, `[batch, seq]`: the one masked NLL that training
+    /// (weights = loss mask / tokens) and evaluation (weights = loss mask) use.
+    pub fn masked_nll(&self, labels: Tensor<B, 2, Int>, weights: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.nll(labels) * weights
+    }
+
     /// `dL/dlogits = w_t (p_t - e_{y_t})` for `L = sum_t w_t CE(o_t, y_t)`, `[batch, seq, vocab]`.
     pub fn logit_grad(&self, labels: Tensor<B, 2, Int>, weights: Tensor<B, 2>) -> Tensor<B, 3> {
         let w = weights.unsqueeze_dim::<3>(2); // [batch, seq, 1]

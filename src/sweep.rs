@@ -6,79 +6,111 @@
 //! stopping), so the Laplace methods are compared with the strongest cheap baseline.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use serde::Serialize;
 
-use crate::curvature::{Estimator, FisherType};
-use crate::data::{Batch, Sequence};
+use crate::curvature::Estimator;
+use crate::data::{lm_sequences_with_eos, Sequence};
 use crate::error::Result;
-use crate::eval::{evaluate, EvalOptions, EvalScore, EvalSet};
+use crate::eval::{evaluate, load_eval_set, EvalScore, EvalSet};
 use crate::io::{write_atomic, write_json_atomic};
-use crate::laplace::{fit, FitOptions, LaplacePrior};
+use crate::lalora::{AdapterSource, LaLoRA};
+use crate::laplace::{fit, LaplaceConfig, LaplacePrior, SourceData};
 use crate::llama::Llama;
 use crate::lora::LoraConfig;
 use crate::plot::{write_pareto, ParetoPoint, ParetoSeries};
 use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
-use crate::train::{train, EvalPlan, EvalPoint, Method, TrainOptions};
+use crate::train::{EvalPoint, Penalty, TrainConfig, TrainControl, TrainData};
 use crate::KernelAutodiffBackend;
+
+/// The regulariser of a sweep's runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SweepPenalty {
+    /// Plain LoRA, evaluated at several points along one run (its early-stopping frontier).
+    Lora,
+    /// The isotropic penalty around the starting adapters.
+    L2,
+    /// The Laplace penalty with this curvature.
+    Laplace(Estimator),
+}
 
 /// One regulariser to sweep.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SweepMethod {
     /// Which penalty.
-    pub method: Method,
-    /// The curvature (for `lalora`).
-    pub curvature: Option<Estimator>,
-    /// Penalty strengths to try (ignored for `lora`).
+    pub penalty: SweepPenalty,
+    /// Penalty strengths to try (ignored for plain LoRA).
     pub lambdas: Vec<f64>,
 }
 
 impl SweepMethod {
     /// `lora`, `l2`, `lalora-kfac`, ...
     pub fn label(&self) -> String {
-        match self.curvature {
-            Some(c) => format!("{}-{}", self.method.name(), c.name()),
-            None => self.method.name().to_string(),
+        match self.penalty {
+            SweepPenalty::Lora => "lora".to_string(),
+            SweepPenalty::L2 => "l2".to_string(),
+            SweepPenalty::Laplace(c) => format!("lalora-{}", c.name()),
+        }
+    }
+
+    fn train_penalty(&self, lambda: f64) -> Penalty {
+        match self.penalty {
+            SweepPenalty::Lora => Penalty::None,
+            SweepPenalty::L2 => Penalty::L2 { lambda },
+            SweepPenalty::Laplace(_) => Penalty::Laplace { lambda },
         }
     }
 }
 
-/// The data of a sweep.
+/// The files a sweep reads.
+#[derive(Debug, Clone)]
+pub struct SweepFiles {
+    /// HF model directory (with `tokenizer.json`).
+    pub model: PathBuf,
+    /// Target training data.
+    pub train: PathBuf,
+    /// Source data the priors are fitted on, one file per source set.
+    pub laplace_data: Vec<PathBuf>,
+    /// Held-out source sets (forgetting is measured on these).
+    pub source_eval: Vec<PathBuf>,
+    /// Held-out target sets (learning is measured on these).
+    pub target_eval: Vec<PathBuf>,
+}
+
+/// The data of a sweep, tokenised.
 pub struct SweepData<'a> {
     /// Tokenizer of the model.
     pub tokenizer: &'a Tokenizer,
     /// Target training sequences.
     pub train: &'a [Sequence],
-    /// Source sequences the priors are fitted on, one list per source set.
-    pub laplace_sources: &'a [Vec<Sequence>],
-    /// Held-out source sets (forgetting is measured on these).
+    /// Source sets the priors are fitted on.
+    pub laplace_sources: &'a [SourceData],
+    /// Held-out source sets.
     pub source_evals: &'a [EvalSet],
-    /// Held-out target sets (learning is measured on these).
+    /// Held-out target sets.
     pub target_evals: &'a [EvalSet],
 }
 
 /// Settings of a sweep.
 #[derive(Debug, Clone)]
-pub struct SweepOptions {
+pub struct SweepConfig {
+    /// The starting adapters of every run (every prior's anchor).
+    pub lora: LoraConfig,
     /// Methods and their lambdas.
     pub methods: Vec<SweepMethod>,
-    /// Training settings shared by every run (method and lambda are set per run).
-    pub train: TrainOptions,
+    /// Training settings shared by every run (the penalty is set per run).
+    pub train: TrainConfig,
     /// Evaluations along the plain-LoRA run, for its early-stopping frontier.
     pub lora_eval_points: usize,
-    /// Fisher labels for the priors.
-    pub fisher: FisherType,
-    /// Batches per source set for the priors.
-    pub laplace_batches: usize,
-    /// Sequences per Laplace batch.
-    pub laplace_batch_size: usize,
-    /// delta in `F + delta I`.
-    pub prior_precision: f64,
-    /// Scoring knobs.
-    pub eval: EvalOptions,
+    /// How the priors are fitted (the estimator is set per method).
+    pub laplace: LaplaceConfig,
+    /// Seed of the backend's generator (label sampling, dropout) at the start.
+    pub seed: u64,
     /// Show progress bars.
     pub progress: bool,
 }
@@ -130,75 +162,98 @@ fn row(method: &str, lambda: Option<f64>, step: usize, scores: &[EvalScore], n_s
     }
 }
 
-/// Runs the sweep from `model` (with its starting adapters, which are every prior's anchor).
+/// Reads the files, seeds the backend, adds the starting adapters and runs the sweep.
+pub fn sweep_files<B: KernelAutodiffBackend>(
+    files: &SweepFiles,
+    config: &SweepConfig,
+    device: &B::Device,
+    on_row: impl FnMut(&ResultRow),
+) -> Result<SweepResult> {
+    B::seed(device, config.seed);
+    let tokenizer = Tokenizer::from_dir(&files.model)?;
+    let start = LaLoRA::<B>::from_model(Llama::load(&files.model, device)?, AdapterSource::Fresh(config.lora.clone()))?;
+    let eos = start.model.config.eos_token_ids.first().copied();
+    let max_len = config.train.data.max_len;
+    let train = lm_sequences_with_eos(&files.train, &tokenizer, max_len, eos)?;
+    let laplace_sources = files.laplace_data.iter().map(|p| SourceData::read(p, &tokenizer, max_len)).collect::<Result<Vec<_>>>()?;
+    let load = |paths: &[PathBuf]| paths.iter().map(|p| load_eval_set(p, &tokenizer, max_len)).collect::<Result<Vec<_>>>();
+    let (source_evals, target_evals) = (load(&files.source_eval)?, load(&files.target_eval)?);
+    let data = SweepData { tokenizer: &tokenizer, train: &train, laplace_sources: &laplace_sources, source_evals: &source_evals, target_evals: &target_evals };
+    run_sweep(&start, &data, config, on_row)
+}
+
+/// Runs the sweep from `start` (with its starting adapters, which are every prior's anchor).
+///
+/// Priors are fitted in the order the methods name them, drawing labels from the backend's
+/// generator in turn (it is not reseeded between fits).
 pub fn run_sweep<B: KernelAutodiffBackend>(
-    model: &Llama<B>,
-    lora: &LoraConfig,
+    start: &LaLoRA<B>,
     data: &SweepData<'_>,
-    options: &SweepOptions,
+    config: &SweepConfig,
     mut on_row: impl FnMut(&ResultRow),
 ) -> Result<SweepResult> {
-    let device = model.embed_tokens.device();
     let sets: Vec<EvalSet> = data.source_evals.iter().chain(data.target_evals).cloned().collect();
     let n_source = data.source_evals.len();
-    let plan = EvalPlan { tokenizer: data.tokenizer, sets: &sets, options: options.eval.clone() };
+    let train_data = TrainData { sequences: data.train, eval_sets: &sets, tokenizer: data.tokenizer };
+    let eval_options = crate::eval::EvalOptions {
+        batch_size: config.train.eval.batch_size,
+        max_len: config.train.eval.max_len,
+        max_new_tokens: config.train.eval.max_new_tokens,
+    };
     let score_all = |m: &Llama<B>| -> Result<Vec<EvalScore>> {
         let inner = m.valid();
-        sets.iter().map(|s| evaluate(&inner, data.tokenizer, s, &options.eval, &Progress::hidden())).collect()
+        sets.iter().map(|s| evaluate(&inner, data.tokenizer, s, &eval_options, &Progress::hidden())).collect()
     };
     let mut stages: Vec<(String, f64)> = Vec::new();
-    let clock = std::time::Instant::now();
-    let mut rows = vec![row("base", None, 0, &score_all(model)?, n_source, 0.0)];
+    let clock = Instant::now();
+    let mut rows = vec![row("base", None, 0, &score_all(&start.model)?, n_source, 0.0)];
     stages.push(("evaluate the starting model".into(), clock.elapsed().as_secs_f64()));
     on_row(&rows[0]);
 
-    // Fit each prior once, on two (or N) batches per source set, at the starting adapters.
-    let mut batches: Vec<Batch<B>> = Vec::new();
-    for source in data.laplace_sources {
-        let picked: Vec<&Sequence> = source.iter().take(options.laplace_batches * options.laplace_batch_size).collect();
-        batches.extend(picked.chunks(options.laplace_batch_size.max(1)).map(|c| Batch::new(c, &device)));
-    }
+    // Fit each prior once, at the starting adapters.
     let mut priors: BTreeMap<Estimator, LaplacePrior<B>> = BTreeMap::new();
     let mut laplace_tokens = 0;
-    for estimator in options.methods.iter().filter_map(|m| m.curvature) {
+    for method in &config.methods {
+        let SweepPenalty::Laplace(estimator) = method.penalty else { continue };
         if priors.contains_key(&estimator) {
             continue;
         }
-        let start = std::time::Instant::now();
-        let progress = Progress::new(options.progress, batches.len() as u64, &format!("fit {}", estimator.name()));
-        let fit_options = FitOptions { estimator, fisher: options.fisher, prior_precision: options.prior_precision };
-        let (prior, tokens) = fit(model, &batches, &fit_options, &progress)?;
-        progress.finish();
-        stages.push((format!("fit {}", estimator.name()), start.elapsed().as_secs_f64()));
-        laplace_tokens = tokens;
-        priors.insert(estimator, LaplacePrior::from_inner(prior));
+        let clock = Instant::now();
+        let laplace = LaplaceConfig { estimator, ..config.laplace.clone() };
+        let (prior, report) = fit(&start.model, &start.lora, data.laplace_sources, &laplace, config.progress)?;
+        stages.push((format!("fit {}", estimator.name()), clock.elapsed().as_secs_f64()));
+        laplace_tokens = report.tokens;
+        priors.insert(estimator, prior);
     }
-    let isotropic = LaplacePrior::isotropic(model, 1.0);
 
-    for method in &options.methods {
+    let control = TrainControl { progress: config.progress, ..Default::default() };
+    for method in &config.methods {
         let label = method.label();
-        if method.method == Method::Lora {
-            let clock = std::time::Instant::now();
-            let every = (options.train.steps / options.lora_eval_points.max(1)).max(1);
-            let opts = TrainOptions { method: Method::Lora, lambda: 0.0, eval_every: every, ..options.train.clone() };
-            let out = train(model.clone(), lora, None, data.train, &plan, &opts, None, false, None, options.progress)?;
-            for EvalPoint { step, scores } in &out.evals {
-                rows.push(row(&label, None, *step, scores, n_source, out.train_seconds));
+        let from_start = |prior: Option<&LaplacePrior<B>>| LaLoRA { model: start.model.clone(), lora: start.lora.clone(), prior: prior.cloned() };
+        if method.penalty == SweepPenalty::Lora {
+            let clock = Instant::now();
+            let every = (config.train.schedule.steps / config.lora_eval_points.max(1)).max(1);
+            let mut train = config.train.clone().with_penalty(Penalty::None);
+            train.eval.every = every;
+            let (_, report) = from_start(None).train(&train_data, &train, &control)?;
+            for EvalPoint { step, scores } in &report.evals {
+                rows.push(row(&label, None, *step, scores, n_source, report.train_seconds));
                 on_row(rows.last().expect("just pushed"));
             }
-            stages.push((format!("{label} ({} evaluations)", out.evals.len()), clock.elapsed().as_secs_f64()));
+            stages.push((format!("{label} ({} evaluations)", report.evals.len()), clock.elapsed().as_secs_f64()));
             continue;
         }
-        let prior = match method.curvature {
-            Some(c) => &priors[&c],
-            None => &isotropic,
+        let prior = match method.penalty {
+            SweepPenalty::Laplace(c) => Some(&priors[&c]),
+            _ => None,
         };
         for &lambda in &method.lambdas {
-            let clock = std::time::Instant::now();
-            let opts = TrainOptions { method: method.method, lambda, eval_every: 0, ..options.train.clone() };
-            let out = train(model.clone(), lora, Some(prior), data.train, &plan, &opts, None, false, None, options.progress)?;
-            let last = out.evals.last().expect("training evaluates at the end");
-            rows.push(row(&label, Some(lambda), last.step, &last.scores, n_source, out.train_seconds));
+            let clock = Instant::now();
+            let mut train = config.train.clone().with_penalty(method.train_penalty(lambda));
+            train.eval.every = 0;
+            let (_, report) = from_start(prior).train(&train_data, &train, &control)?;
+            let last = report.evals.last().expect("training evaluates at the end");
+            rows.push(row(&label, Some(lambda), last.step, &last.scores, n_source, report.train_seconds));
             on_row(rows.last().expect("just pushed"));
             stages.push((format!("{label} lambda {lambda}"), clock.elapsed().as_secs_f64()));
         }

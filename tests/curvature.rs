@@ -9,7 +9,7 @@ use common::*;
 use lalora::curvature::{adapter_infos, capture_batch, tap_stats, Accumulator, AdapterInfo, Curvature, Estimator, FisherType};
 use lalora::data::{Batch, Sequence};
 use lalora::io::peft;
-use lalora::llama::Llama;
+use lalora::llama::{Llama, Projection};
 use lalora::lora::{frozen_param, trainable_param, AdapterTap, InitRng, LoraAdapter, LoraLinear};
 
 type AB = TestAutodiff;
@@ -37,12 +37,15 @@ impl Stack {
             .enumerate()
             .map(|(l, w)| {
                 let (d_in, d_out) = (w[0], w[1]);
-                let path = format!("stack.{l}");
+                // Each layer of the stack plays a q_proj of its own layer: every adapter reads its
+                // own input.
+                let path = Projection::Q.module_path(l);
                 let b = if zero_b { Tensor::zeros([d_out, r], &device()) } else { tensor2(&mut rng, [d_out, r], 0.7) };
                 LoraLinear {
                     weight: frozen_param(tensor2(&mut rng, [d_out, d_in], 0.5)),
                     adapter: Some(LoraAdapter {
-                        path: path.clone(),
+                        layer: l,
+                        projection: Projection::Q,
                         lora_a: trainable_param(tensor2(&mut rng, [r, d_in], 0.6), &format!("{path}.A")),
                         lora_b: trainable_param(b, &format!("{path}.B")),
                         offset: None,
@@ -64,7 +67,7 @@ impl Stack {
             .iter()
             .map(|l| {
                 let a = l.adapter.as_ref().unwrap();
-                AdapterInfo { path: a.path.clone(), dims: l.dims(), rank: a.rank(), scale: a.scale }
+                AdapterInfo { path: a.path(), dims: l.dims(), rank: a.rank(), scale: a.scale, input: a.path() }
             })
             .collect()
     }

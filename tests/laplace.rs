@@ -7,13 +7,12 @@ use burn::tensor::Tensor;
 use common::*;
 use lalora::curvature::memory::curvature_memory;
 use lalora::curvature::{Curvature, Estimator, FisherType};
-use lalora::data::{Batch, Sequence};
+use lalora::data::Sequence;
 use lalora::io::peft;
-use lalora::laplace::{fit, FitOptions, LaplaceMeta, LaplacePrior};
+use lalora::laplace::{fit, LaplaceConfig, LaplacePrior, SourceData};
 use lalora::llama::Llama;
 use lalora::lora::trainable_param;
-use lalora::progress::Progress;
-use lalora::{LoraConfig, LoraInit};
+use lalora::LoraConfig;
 
 type AB = TestAutodiff;
 
@@ -23,41 +22,24 @@ fn model() -> (Llama<AB>, LoraConfig) {
     (model, info.lora)
 }
 
-fn source() -> Vec<Batch<AB>> {
+/// The reference rows as one source set, fitted as one batch of all three.
+fn source() -> Vec<SourceData> {
     let reference = Reference::load(&fixture("llama/gqa"));
     let sequences: Vec<Sequence> = (0..3).map(|i| Sequence::text(reference.row(i))).collect();
-    let refs: Vec<&Sequence> = sequences.iter().collect();
-    vec![Batch::new(&refs, &device())]
+    vec![SourceData { name: "reference".into(), sequences }]
 }
 
 fn fitted(estimator: Estimator, delta: f64) -> (Llama<AB>, LoraConfig, LaplacePrior<AB>) {
     let (model, lora) = model();
-    let options = FitOptions { estimator, fisher: FisherType::Empirical, prior_precision: delta };
-    let (prior, _) = fit(&model, &source(), &options, &Progress::hidden()).unwrap();
-    (model, lora, LaplacePrior::from_inner(prior))
-}
-
-/// What `lalora laplace` would record for the all7 fixture adapters.
-fn meta(curvature: Estimator, prior_precision: f64, lora: &LoraConfig) -> LaplaceMeta {
-    LaplaceMeta {
-        curvature,
-        fisher: "empirical".into(),
-        samples: 1,
-        tokens: 25,
-        prior_precision,
-        scale: 2.0,
-        rank: 4,
-        alpha: 8.0,
-        rslora: false,
-        targets: lora.targets.clone(),
-        init: LoraInit::Peft,
-        data: vec!["x.jsonl".into()],
-        batches_per_file: 1,
-        batch_size: 3,
-        max_len: 12,
-        seed: 0,
-        lalora_version: "test".into(),
-    }
+    let config = LaplaceConfig::new()
+        .with_estimator(estimator)
+        .with_fisher(FisherType::Empirical)
+        .with_prior_precision(delta)
+        .with_batches_per_source(1)
+        .with_batch_size(3);
+    let (prior, report) = fit(&model, &lora, &source(), &config, false).unwrap();
+    assert_eq!(report.batches, 1);
+    (model, lora, prior)
 }
 
 /// Moves every adapter away from the anchor by a deterministic perturbation.
@@ -195,10 +177,11 @@ fn save_then_load_gives_the_same_prior() {
     for estimator in [Estimator::Diag, Estimator::Kfac, Estimator::TriKfac] {
         let (model, lora, prior) = fitted(estimator, 0.2);
         let dir = temp_dir(&format!("prior-{}", estimator.name()));
-        let meta = meta(estimator, 0.2, &lora);
-        prior.save(&dir, &meta, &model, &lora).unwrap();
-        let (loaded, loaded_meta) = LaplacePrior::load(&dir, &model).unwrap();
-        assert_eq!(loaded_meta, meta);
+        prior.save(&dir, &model, &lora).unwrap();
+        let loaded = LaplacePrior::load(&dir, &model).unwrap();
+        let meta = loaded.meta.clone().unwrap();
+        assert_eq!(loaded.meta, prior.meta);
+        assert_eq!((meta.curvature, meta.prior_precision, meta.rank, meta.tokens), (estimator, 0.2, 4, 25));
         let moved = perturbed(&model, 0.05);
         let (a, b): (f32, f32) = (prior.quadratic(&moved).into_scalar(), loaded.quadratic(&moved).into_scalar());
         assert_eq!(a, b, "{}", estimator.name());
@@ -213,8 +196,7 @@ fn save_then_load_gives_the_same_prior() {
 fn a_prior_for_other_adapters_is_refused_with_the_reason() {
     let (model, lora, prior) = fitted(Estimator::Kfac, 0.0);
     let dir = temp_dir("prior-mismatch");
-    let meta = meta(Estimator::Kfac, 0.0, &lora);
-    prior.save(&dir, &meta, &model, &lora).unwrap();
+    prior.save(&dir, &model, &lora).unwrap();
     let other = Llama::<AB>::load(&fixture("llama/gqa"), &device())
         .unwrap()
         .with_adapters(&LoraConfig { rank: 2, alpha: 4.0, ..Default::default() })

@@ -1,8 +1,11 @@
-//! Flag groups shared by several commands.
+//! Flag groups shared by several commands, and the typed values of enumerated flags.
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+use lalora::curvature::FisherType;
+use lalora::train::{DataConfig, EvalConfig, OptimizerConfig, Penalty, ScheduleConfig, ScheduleKind, TrainConfig};
+use lalora::{AdapterSource, LoraConfig, LoraInit, Projection};
 
 /// Which model (and adapter) to load.
 #[derive(Args, Debug, Clone)]
@@ -14,6 +17,13 @@ pub struct ModelArgs {
     /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors) to apply.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// The adapters these flags name: the `--adapter` directory, or none.
+    pub fn adapters(&self) -> AdapterSource {
+        self.adapter.clone().map_or(AdapterSource::None, AdapterSource::Peft)
+    }
 }
 
 /// Shape, scale and init of fresh LoRA adapters.
@@ -32,30 +42,108 @@ pub struct LoraArgs {
     #[arg(long, default_value_t = 0.0)]
     pub lora_dropout: f64,
     /// Projections to adapt, comma-separated. Example: `--targets q_proj,v_proj`.
-    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
-    pub targets: Vec<String>,
-    /// `peft` (B = 0, PEFT's default) or `offset` (A and B random, function unchanged; the
-    /// A-blocks of kfac/tri-kfac do not vanish). `gaussian` is PEFT's Gaussian A with B = 0.
-    #[arg(long, default_value = "peft", value_parser = ["peft", "offset", "gaussian"])]
-    pub init: String,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
+    pub targets: Vec<Projection>,
+    /// `peft` (B = 0, PEFT's default), `offset` (A and B random, function unchanged; the
+    /// A-blocks of the curvature do not vanish) or `gaussian` (PEFT's Gaussian A, B = 0).
+    #[arg(long, value_enum, default_value_t = LoraInit::Peft)]
+    pub init: LoraInit,
 }
 
 impl LoraArgs {
-    /// The library's [`lalora::LoraConfig`] for these flags and `seed`.
-    pub fn config(&self, seed: u64) -> lalora::LoraConfig {
-        let init = match self.init.as_str() {
-            "offset" => lalora::LoraInit::Offset,
-            "gaussian" => lalora::LoraInit::Gaussian,
-            _ => lalora::LoraInit::Peft,
-        };
-        lalora::LoraConfig {
-            rank: self.rank,
-            alpha: self.alpha,
-            rslora: self.rslora,
-            dropout: self.lora_dropout,
-            targets: self.targets.clone(),
-            init,
-            seed,
+    /// The library's [`LoraConfig`] for these flags and `seed`.
+    pub fn config(&self, seed: u64) -> LoraConfig {
+        LoraConfig::new()
+            .with_rank(self.rank)
+            .with_alpha(self.alpha)
+            .with_rslora(self.rslora)
+            .with_dropout(self.lora_dropout)
+            .with_targets(self.targets.clone())
+            .with_init(self.init)
+            .with_seed(seed)
+    }
+}
+
+/// Which labels the Fisher is taken under.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FisherKind {
+    /// Labels sampled from the model (`--samples` draws per token).
+    Mc,
+    /// The data's own labels.
+    Empirical,
+}
+
+impl FisherKind {
+    /// The library's [`FisherType`].
+    pub fn fisher(self, samples: usize) -> FisherType {
+        match self {
+            FisherKind::Mc => FisherType::Mc { samples },
+            FisherKind::Empirical => FisherType::Empirical,
         }
+    }
+}
+
+/// Optimiser, schedule and batching flags, shared by `train` and `sweep`.
+#[derive(Args, Debug, Clone)]
+pub struct OptimArgs {
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 200)]
+    pub steps: usize,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Micro-batches per optimiser step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    /// Linear warmup steps.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    /// Decay after warmup.
+    #[arg(long, value_enum, default_value_t = ScheduleKind::Cosine)]
+    pub schedule: ScheduleKind,
+    /// Final learning rate as a fraction of the peak.
+    #[arg(long, default_value_t = 0.1)]
+    pub min_lr_ratio: f64,
+    /// AdamW decoupled weight decay (PyTorch's default 0.01; betas 0.9/0.999, eps 1e-8).
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f32,
+    /// Clip the global gradient norm to this (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Keep at most this many tokens per training sequence.
+    #[arg(long, default_value_t = 512)]
+    pub max_len: usize,
+    /// Evaluate every this many steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: usize,
+}
+
+impl OptimArgs {
+    /// The training config for `penalty`; evaluation scores `eval_batch_size` sequences per
+    /// pass and generates at most `max_new_tokens`.
+    pub fn train_config(&self, penalty: Penalty, seed: u64, checkpoint_every: usize, eval_batch_size: usize, max_new_tokens: usize) -> TrainConfig {
+        TrainConfig::new()
+            .with_penalty(penalty)
+            .with_optimizer(OptimizerConfig::new().with_weight_decay(self.weight_decay).with_clip((self.clip != 0.0).then_some(self.clip)))
+            .with_schedule(
+                ScheduleConfig::new()
+                    .with_steps(self.steps)
+                    .with_lr(self.lr)
+                    .with_warmup_steps(self.warmup)
+                    .with_kind(self.schedule)
+                    .with_min_lr_ratio(self.min_lr_ratio),
+            )
+            .with_data(DataConfig::new().with_batch_size(self.batch_size).with_grad_accum(self.grad_accum).with_max_len(self.max_len).with_seed(seed))
+            .with_eval(
+                EvalConfig::new()
+                    .with_every(self.eval_every)
+                    .with_batch_size(eval_batch_size)
+                    .with_max_len(self.max_len)
+                    .with_max_new_tokens(max_new_tokens),
+            )
+            .with_checkpoint_every(checkpoint_every)
     }
 }

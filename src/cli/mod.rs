@@ -10,6 +10,8 @@ pub use args::*;
 
 /// The backend this binary was built for (cargo features `flex`, `ndarray`, `wgpu`, `cuda`).
 pub type B = lalora_backends::Backend;
+/// The same backend with autodiff, for training and fitting.
+pub type AB = lalora_backends::AutodiffBackend;
 
 /// LoRA fine-tuning of Llama models without forgetting (LaLoRA, arXiv 2512.17720).
 #[derive(Parser, Debug)]
@@ -63,7 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pretrain(args) => commands::pretrain::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Sweep(args) => commands::sweep::run(args),
-        Command::Demo(args) => commands::sweep::run_demo(args),
+        Command::Demo(args) => commands::sweep::run_demo_command(args),
         Command::Memory(args) => commands::memory::run(args),
         Command::Bench(args) => commands::bench::run(args),
     }

@@ -55,10 +55,11 @@ pub fn adapter_infos<B: Backend>(model: &Llama<B>) -> Vec<AdapterInfo> {
         .adapters()
         .iter()
         .map(|a| AdapterInfo {
-            path: a.path.clone(),
+            path: a.path(),
             dims: [a.lora_b.dims()[0], a.lora_a.dims()[1]],
             rank: a.rank(),
             scale: a.scale,
+            input: a.projection.input_group().module_path(a.layer),
         })
         .collect()
 }

@@ -1,13 +1,17 @@
-//! Diagonal curvature: `F_ii` for every entry of A and B.
+//! Diagonal curvature: `F_ii` for every entry of A and B, from per-sequence gradients.
 //!
-//! Quadratic form: `sum F_A * dA^2 + sum F_B * dB^2`.
+//! Quadratic form: `sum F_A * dA^2 + sum F_B * dB^2`. Statistics: per sequence n,
+//! `dB_n = s sum_t g_t z_t^T` and `dA_n = sum_t h_t x_t^T` over every position, squared and
+//! summed over sequences (see [`super::math`]).
 
+use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
 
+use super::accumulate::{add, AdapterInfo, AdapterStats};
 use super::inner;
 
 /// The diagonal of F for one adapter.
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct DiagBlock<B: Backend> {
     /// HF module path.
     pub path: String,
@@ -34,8 +38,47 @@ impl<B: Backend> DiagBlock<B> {
         (self.a.clone().sum() + self.b.clone().sum()).into_scalar().to_f64()
     }
 
-    /// Tensors as stored in `curvature.safetensors`.
+    /// Tensors as stored in `curvature.safetensors`: `{path}.lora_A.diag`, `{path}.lora_B.diag`.
     pub fn tensors(&self) -> Vec<(String, Tensor<B, 2>)> {
         vec![(format!("{}.lora_A.diag", self.path), self.a.clone()), (format!("{}.lora_B.diag", self.path), self.b.clone())]
     }
+
+    /// Reads the block of `info` back; `get(name, shape)` reads and checks one tensor.
+    pub fn from_tensors(info: &AdapterInfo, get: &impl Fn(&str, [usize; 2]) -> crate::Result<Tensor<B, 2>>) -> crate::Result<Self> {
+        let ([d_out, d_in], r, path) = (info.dims, info.rank, &info.path);
+        Ok(DiagBlock { path: path.clone(), a: get(&format!("{path}.lora_A.diag"), [r, d_in])?, b: get(&format!("{path}.lora_B.diag"), [d_out, r])? })
+    }
+}
+
+/// Running sums of squared per-sequence gradients for one adapter.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DiagSums<B: Backend> {
+    a: Option<Tensor<B, 2>>,
+    b: Option<Tensor<B, 2>>,
+}
+
+impl<B: Backend> DiagSums<B> {
+    /// Adds one backward pass, weighted by `weight` (`1/K` for K Monte-Carlo draws). Every
+    /// position counts: the per-sequence gradient is exact.
+    pub fn observe_gradients(&mut self, info: &AdapterInfo, s: &AdapterStats<B>, weight: f64) {
+        let [_, _, d_in] = s.x.dims();
+        let [_, _, d_out] = s.g.dims();
+        let r = info.rank;
+        // per-sequence gradients: dB_n = s g_n^T z_n, dA_n = h_n^T x_n
+        let d_b = s.g.clone().swap_dims(1, 2).matmul(s.z.clone()).mul_scalar(info.scale); // [batch, d_out, r]
+        let d_a = s.h.clone().swap_dims(1, 2).matmul(s.x.clone()); // [batch, r, d_in]
+        add(&mut self.b, d_b.square().sum_dim(0).reshape([d_out, r]).mul_scalar(weight));
+        add(&mut self.a, d_a.square().sum_dim(0).reshape([r, d_in]).mul_scalar(weight));
+    }
+
+    /// The per-token average: the sums divided by `tokens`.
+    pub fn finish(self, info: AdapterInfo, tokens: f64) -> DiagBlock<B> {
+        let take = |t: Option<Tensor<B, 2>>| t.expect("statistic observed").mul_scalar(1.0 / tokens);
+        DiagBlock { path: info.path, a: take(self.a), b: take(self.b) }
+    }
+}
+
+/// `f32` values stored per adapter of shape `[d_out, d_in]` and rank `r`.
+pub(crate) fn values_per_adapter(d_out: u64, d_in: u64, r: u64) -> u64 {
+    r * (d_in + d_out)
 }

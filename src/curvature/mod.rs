@@ -21,12 +21,14 @@ pub use diag::DiagBlock;
 pub use kfac::KfacBlock;
 pub use tri_kfac::TriKfacBlock;
 
+use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// Which curvature approximation to fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Estimator {
     /// Diagonal Fisher from per-sequence gradients.
     Diag,
@@ -50,10 +52,20 @@ impl Estimator {
     pub fn parse(name: &str) -> Option<Self> {
         [Estimator::Diag, Estimator::Kfac, Estimator::TriKfac].into_iter().find(|e| e.name() == name)
     }
+
+    /// `f32` values this estimator stores for one adapter of shape `[d_out, d_in]`, rank `r`.
+    pub fn values_per_adapter(&self, d_out: u64, d_in: u64, r: u64) -> u64 {
+        match self {
+            Estimator::Diag => diag::values_per_adapter(d_out, d_in, r),
+            Estimator::Kfac => kfac::values_per_adapter(d_out, d_in, r),
+            Estimator::TriKfac => tri_kfac::values_per_adapter(d_out, d_in, r),
+        }
+    }
 }
 
-/// A fitted curvature: one block per adapter, in the model's adapter order.
-#[derive(Debug, Clone)]
+/// A fitted curvature: one block per adapter, in the model's adapter order. Its tensors are
+/// module constants, so it moves between backends with the module that holds it.
+#[derive(Module, Debug)]
 pub enum Curvature<B: Backend> {
     /// Diagonal.
     Diag(Vec<DiagBlock<B>>),
@@ -132,60 +144,18 @@ impl<B: Backend> Curvature<B> {
         }
     }
 
-    /// The same curvature with every tensor passed through `f` (to move it to another backend,
-    /// for example `Tensor::from_inner` onto the autodiff backend).
-    pub fn map<B2: Backend>(self, f: impl Fn(Tensor<B, 2>) -> Tensor<B2, 2>) -> Curvature<B2> {
-        let kfac = |k: KfacBlock<B>| KfacBlock { path: k.path, x_a: f(k.x_a), g_a: f(k.g_a), x_b: f(k.x_b), g_b: f(k.g_b) };
-        match self {
-            Curvature::Diag(b) => Curvature::Diag(b.into_iter().map(|d| DiagBlock { path: d.path, a: f(d.a), b: f(d.b) }).collect()),
-            Curvature::Kfac(b) => Curvature::Kfac(b.into_iter().map(kfac).collect()),
-            Curvature::TriKfac(b) => Curvature::TriKfac(
-                b.into_iter().map(|t| TriKfacBlock { x_ab: f(t.x_ab), g_ab: f(t.g_ab), kfac: kfac(t.kfac) }).collect(),
-            ),
-        }
-    }
-
-    /// Rebuilds a curvature from named tensors; `get(name, shape)` reads and checks one.
+    /// Rebuilds a curvature for `adapters` from named tensors; `get(name, shape)` reads and
+    /// checks one.
     pub fn from_tensors(
         estimator: Estimator,
-        blocks: &[(String, [usize; 2], usize)],
+        adapters: &[AdapterInfo],
         get: impl Fn(&str, [usize; 2]) -> crate::Result<Tensor<B, 2>>,
     ) -> crate::Result<Self> {
-        let kfac = |path: &str, [d_out, d_in]: [usize; 2], r: usize| -> crate::Result<KfacBlock<B>> {
-            Ok(KfacBlock {
-                path: path.to_string(),
-                x_a: get(&format!("{path}.lora_A.X"), [d_in, d_in])?,
-                g_a: get(&format!("{path}.lora_A.G"), [r, r])?,
-                x_b: get(&format!("{path}.lora_B.X"), [r, r])?,
-                g_b: get(&format!("{path}.lora_B.G"), [d_out, d_out])?,
-            })
-        };
         Ok(match estimator {
-            Estimator::Kfac => {
-                Curvature::Kfac(blocks.iter().map(|(p, dims, r)| kfac(p, *dims, *r)).collect::<crate::Result<_>>()?)
-            }
+            Estimator::Diag => Curvature::Diag(adapters.iter().map(|a| DiagBlock::from_tensors(a, &get)).collect::<crate::Result<_>>()?),
+            Estimator::Kfac => Curvature::Kfac(adapters.iter().map(|a| KfacBlock::from_tensors(a, &get)).collect::<crate::Result<_>>()?),
             Estimator::TriKfac => {
-                let mut out = Vec::with_capacity(blocks.len());
-                for (p, [d_out, d_in], r) in blocks {
-                    let k = kfac(p, [*d_out, *d_in], *r)?;
-                    out.push(TriKfacBlock {
-                        kfac: k,
-                        x_ab: get(&format!("{p}.cross.X"), [*d_in, *r])?,
-                        g_ab: get(&format!("{p}.cross.G"), [*r, *d_out])?,
-                    });
-                }
-                Curvature::TriKfac(out)
-            }
-            Estimator::Diag => {
-                let mut out = Vec::with_capacity(blocks.len());
-                for (p, [d_out, d_in], r) in blocks {
-                    out.push(DiagBlock {
-                        path: p.clone(),
-                        a: get(&format!("{p}.lora_A.diag"), [*r, *d_in])?,
-                        b: get(&format!("{p}.lora_B.diag"), [*d_out, *r])?,
-                    });
-                }
-                Curvature::Diag(out)
+                Curvature::TriKfac(adapters.iter().map(|a| TriKfacBlock::from_tensors(a, &get)).collect::<crate::Result<_>>()?)
             }
         })
     }

@@ -73,7 +73,8 @@ impl EvalSet {
 pub struct EvalOptions {
     /// Sequences per forward pass (text and multiple choice).
     pub batch_size: usize,
-    /// Token limit per scored sequence; longer ones lose tokens from the left.
+    /// Token limit per scored sequence: text keeps its first `max_len` tokens; a choice's
+    /// context and a generation prompt lose tokens from the left (the end is what is scored).
     pub max_len: usize,
     /// Tokens to generate at most per generation item.
     pub max_new_tokens: usize,
@@ -135,7 +136,18 @@ pub fn load_eval_set(path: &Path, tokenizer: &Tokenizer, max_len: usize) -> Resu
         "multiple-choice" => EvalItems::MultipleChoice(
             records.iter().map(|(_, r)| ChoiceItem::from_record(r, tokenizer)).collect::<Result<_>>()?,
         ),
-        _ => EvalItems::Generation(records.iter().map(|(_, r)| GenerationItem::from_record(r, tokenizer)).collect::<Result<_>>()?),
+        _ => {
+            let mut items = Vec::with_capacity(records.len());
+            for (line, record) in &records {
+                let item = GenerationItem::from_record(record, tokenizer)?;
+                if item.prompt.is_empty() {
+                    let reason = "`prompt` tokenises to nothing: there is no token to continue".to_string();
+                    return Err(Error::BadRecord { path: path.to_path_buf(), line: *line, reason });
+                }
+                items.push(item);
+            }
+            EvalItems::Generation(items)
+        }
     };
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let name = name.strip_suffix(".eval").or_else(|| name.strip_suffix(".test")).unwrap_or(&name).to_string();

@@ -47,7 +47,7 @@ pub fn sequence_nll_sums<B: KernelBackend>(
         let refs: Vec<&Sequence> = chunk.iter().collect();
         let batch = Batch::<B>::new(&refs, &device);
         let hidden = model.hidden_states(batch.input_ids, Some(batch.key_mask), ForwardOptions::default());
-        let nll = head_forward(model.head_weight(), hidden).nll(batch.targets) * batch.loss_mask;
+        let nll = head_forward(model.head_weight(), hidden).masked_nll(batch.targets, batch.loss_mask);
         let sums: Vec<f32> = nll.sum_dim(1).into_data().convert::<f32>().to_vec().expect("f32 data");
         out.extend(chunk.iter().zip(sums).map(|(s, sum)| (sum as f64, s.num_targets())));
         progress.inc(chunk.len() as u64);

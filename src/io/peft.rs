@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::io::{read_json, save_tensors, write_json_atomic, TensorFiles};
-use crate::llama::Llama;
+use crate::llama::{Llama, Projection};
 use crate::lora::{frozen_param, lora_scale, trainable_param, LoraAdapter, LoraConfig, LoraInit, LoraOffset};
 
 const CONFIG_FILE: &str = "adapter_config.json";
@@ -103,10 +103,10 @@ pub fn load_adapter<B: Backend>(model: Llama<B>, dir: &Path) -> Result<(Llama<B>
     let files = TensorFiles::open_file(&weights_path)?;
     let device = model.embed_tokens.device();
     let mut model = model;
-    let mut targets: Vec<String> = Vec::new();
+    let mut targets: Vec<Projection> = Vec::new();
     for (i, layer) in model.layers.iter_mut().enumerate() {
         for (name, projection) in layer.projections_mut() {
-            let path = crate::llama::module_path(i, name);
+            let path = name.module_path(i);
             let a_name = format!("{PREFIX}{path}.lora_A.weight");
             let b_name = format!("{PREFIX}{path}.lora_B.weight");
             if !files.contains(&a_name) {
@@ -127,15 +127,16 @@ pub fn load_adapter<B: Backend>(model: Llama<B>, dir: &Path) -> Result<(Llama<B>
                 }
             };
             projection.adapter = Some(LoraAdapter {
-                path: path.clone(),
+                layer: i,
+                projection: name,
                 lora_a: trainable_param(a, &format!("{path}.lora_A")),
                 lora_b: trainable_param(b, &format!("{path}.lora_B")),
                 offset,
                 scale,
                 dropout: raw.lora_dropout,
             });
-            if !targets.iter().any(|t| t == name) {
-                targets.push(name.to_string());
+            if !targets.contains(&name) {
+                targets.push(name);
             }
         }
     }
@@ -146,7 +147,7 @@ pub fn load_adapter<B: Backend>(model: Llama<B>, dir: &Path) -> Result<(Llama<B>
         let stray = files
             .names()
             .into_iter()
-            .find(|n| n.contains(".lora_") && !model.adapters().iter().any(|a| n.starts_with(&format!("{PREFIX}{}.", a.path))))
+            .find(|n| n.contains(".lora_") && !model.adapters().iter().any(|a| n.starts_with(&format!("{PREFIX}{}.", a.path()))))
             .unwrap_or_default();
         return Err(Error::Mismatch {
             path: weights_path,
@@ -196,8 +197,9 @@ pub fn save_adapter<B: Backend>(model: &Llama<B>, lora: &LoraConfig, dir: &Path)
                 Tensor::cat(vec![adapter.lora_b.val(), o.lora_b.val().neg()], 1), // [d_out, 2r]
             ),
         };
-        tensors.push((format!("{PREFIX}{}.lora_A.weight", adapter.path), a.into_data()));
-        tensors.push((format!("{PREFIX}{}.lora_B.weight", adapter.path), b.into_data()));
+        let path = adapter.path();
+        tensors.push((format!("{PREFIX}{path}.lora_A.weight"), a.into_data()));
+        tensors.push((format!("{PREFIX}{path}.lora_B.weight"), b.into_data()));
     }
     // With the offset stored as extra rank, alpha grows so the scale stays s.
     let (r, alpha) = if offset {
@@ -206,7 +208,7 @@ pub fn save_adapter<B: Backend>(model: &Llama<B>, lora: &LoraConfig, dir: &Path)
     } else {
         (lora.rank, lora.alpha)
     };
-    let mut targets = lora.targets.clone();
+    let mut targets: Vec<&str> = lora.targets.iter().map(|t| t.hf_name()).collect();
     targets.sort();
     let config = serde_json::json!({
         "alpha_pattern": {},

@@ -229,7 +229,7 @@ impl safetensors::View for &F32View {
     }
 }
 
-/// Writes named f32 tensors to `path` as safetensors, atomically (temporary file + rename).
+/// Writes named f32 tensors to `path` as safetensors, atomically ([`crate::io::write_atomic`]).
 ///
 /// Tensors in any float dtype are converted to f32.
 pub fn save_tensors(
@@ -246,17 +246,8 @@ pub fn save_tensors(
             (name, F32View { shape, bytes })
         })
         .collect();
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    // serialize_to_file writes a sibling temporary file and renames it over `path`.
-    safetensors::serialize_to_file(views.iter().map(|(n, v)| (n.as_str(), v)), metadata, path)
+    let bytes = safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), metadata)
         .map_err(|e| Error::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
-    // The temporary file is created private (0600); give the result ordinary permissions.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(path, e))?;
-    }
+    crate::io::write_atomic(path, &bytes)?;
     Ok(())
 }

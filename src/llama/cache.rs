@@ -2,7 +2,8 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-/// Per-layer keys and values (after RoPE, before head repetition) of the positions seen so far.
+/// Per-layer keys and values of the positions seen so far (keys after RoPE; grouped-query
+/// attention never repeats them).
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     layers: Vec<(Option<Tensor<B, 4>>, Option<Tensor<B, 4>>)>,
@@ -25,7 +26,7 @@ impl<B: Backend> KvCache<B> {
         self.len == 0
     }
 
-    /// Layer `i`'s `(keys, values)`, each `[batch, kv_heads, len, head_dim]`.
+    /// Layer `i`'s `(keys, values)`, each `[batch, len, kv_heads, head_dim]`.
     pub(crate) fn layer_mut(&mut self, i: usize) -> &mut (Option<Tensor<B, 4>>, Option<Tensor<B, 4>>) {
         &mut self.layers[i]
     }

@@ -7,6 +7,7 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 use super::config::LlamaConfig;
 use super::model::{Attention, DecoderLayer, Llama, Mlp, RmsNorm};
+use super::projection::Projection;
 use crate::error::{Error, Result};
 use crate::io::{save_tensors, write_json_atomic, TensorFiles};
 use crate::lora::{frozen_param, init_adapter, InitRng, LoraConfig, LoraLinear};
@@ -49,32 +50,27 @@ impl<B: Backend> WeightSource<B> for RandomInit<'_, B> {
 
 fn build<B: Backend>(config: &LlamaConfig, source: &mut impl WeightSource<B>, lm_head_stored: bool) -> Result<Llama<B>> {
     let c = config;
-    let (hidden, inter, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
-    let q_dim = c.num_attention_heads * d;
-    let kv_dim = c.num_key_value_heads * d;
+    let hidden = c.hidden_size;
     let norm = |source: &mut dyn WeightSource<B>, name: String| -> Result<RmsNorm<B>> {
         Ok(RmsNorm { weight: frozen_param(source.vector(&name, hidden)?), eps: c.rms_norm_eps })
     };
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
-        let mut proj = |name: &str, shape: [usize; 2]| -> Result<LoraLinear<B>> {
-            Ok(LoraLinear::frozen(source.matrix(&format!("{p}.{name}.weight"), shape)?))
+        let mut proj = |projection: Projection| -> Result<LoraLinear<B>> {
+            let name = format!("{}.weight", projection.module_path(i));
+            Ok(LoraLinear::frozen(source.matrix(&name, projection.dims(c))?))
         };
         let self_attn = Attention {
-            q_proj: proj("self_attn.q_proj", [q_dim, hidden])?,
-            k_proj: proj("self_attn.k_proj", [kv_dim, hidden])?,
-            v_proj: proj("self_attn.v_proj", [kv_dim, hidden])?,
-            o_proj: proj("self_attn.o_proj", [hidden, q_dim])?,
+            q_proj: proj(Projection::Q)?,
+            k_proj: proj(Projection::K)?,
+            v_proj: proj(Projection::V)?,
+            o_proj: proj(Projection::O)?,
             num_heads: c.num_attention_heads,
             num_kv_heads: c.num_key_value_heads,
-            head_dim: d,
+            head_dim: c.head_dim,
         };
-        let mlp = Mlp {
-            gate_proj: proj("mlp.gate_proj", [inter, hidden])?,
-            up_proj: proj("mlp.up_proj", [inter, hidden])?,
-            down_proj: proj("mlp.down_proj", [hidden, inter])?,
-        };
+        let mlp = Mlp { gate_proj: proj(Projection::Gate)?, up_proj: proj(Projection::Up)?, down_proj: proj(Projection::Down)? };
         layers.push(DecoderLayer {
             self_attn,
             mlp,
@@ -124,8 +120,7 @@ impl<B: Backend> Llama<B> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
             for (name, projection) in layer.projections_mut() {
                 projection.adapter = if lora.wants(name) {
-                    let path = module_path(i, name);
-                    Some(init_adapter(&path, projection.dims(), lora, &mut rng, &device))
+                    Some(init_adapter((i, name), projection.dims(), lora, &mut rng, &device))
                 } else {
                     None
                 };
@@ -139,7 +134,7 @@ impl<B: Backend> Llama<B> {
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.val().into_data())];
         for (i, layer) in self.layers.iter().enumerate() {
             for (name, projection) in layer.projections() {
-                out.push((format!("{}.weight", module_path(i, name)), projection.weight.val().into_data()));
+                out.push((format!("{}.weight", name.module_path(i)), projection.weight.val().into_data()));
             }
             let p = format!("model.layers.{i}");
             out.push((format!("{p}.input_layernorm.weight"), layer.input_layernorm.weight.val().into_data()));
@@ -159,16 +154,6 @@ impl<B: Backend> Llama<B> {
         let metadata = [("format".to_string(), "pt".to_string())].into_iter().collect();
         save_tensors(&dir.join("model.safetensors"), self.base_tensors(), Some(metadata))
     }
-}
-
-/// HF module path of projection `name` in layer `layer`, e.g. `model.layers.0.self_attn.q_proj`.
-pub fn module_path(layer: usize, name: &str) -> String {
-    let block = if name.ends_with("_proj") && matches!(name, "gate_proj" | "up_proj" | "down_proj") {
-        "mlp"
-    } else {
-        "self_attn"
-    };
-    format!("model.layers.{layer}.{block}.{name}")
 }
 
 /// Makes every weight of the model trainable (full-parameter training, used by `pretrain`).

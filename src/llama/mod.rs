@@ -7,10 +7,12 @@ mod cache;
 mod config;
 mod load;
 mod model;
+mod projection;
 mod rope;
 
 pub use cache::KvCache;
 pub use config::{HfLlamaConfig, LlamaConfig, RopeScaling};
-pub use load::{module_path, unfreeze_all};
+pub use load::unfreeze_all;
 pub use model::{Attention, DecoderLayer, ForwardOptions, Llama, Mlp, RmsNorm};
+pub use projection::Projection;
 pub use rope::{inverse_frequencies, RopeTables};

@@ -10,6 +10,7 @@ use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
 use super::cache::KvCache;
 use super::config::LlamaConfig;
+use super::projection::Projection;
 use super::rope::{inverse_frequencies, RopeTables};
 use crate::lora::{AdapterTap, LoraAdapter, LoraLinear};
 use crate::KernelBackend;
@@ -189,31 +190,31 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
-    /// The projections of this layer with their HF short names, in forward order.
-    pub fn projections(&self) -> [(&'static str, &LoraLinear<B>); 7] {
+    /// The projections of this layer, in forward order ([`Projection::ALL`]).
+    pub fn projections(&self) -> [(Projection, &LoraLinear<B>); 7] {
         let (a, m) = (&self.self_attn, &self.mlp);
         [
-            ("q_proj", &a.q_proj),
-            ("k_proj", &a.k_proj),
-            ("v_proj", &a.v_proj),
-            ("o_proj", &a.o_proj),
-            ("gate_proj", &m.gate_proj),
-            ("up_proj", &m.up_proj),
-            ("down_proj", &m.down_proj),
+            (Projection::Q, &a.q_proj),
+            (Projection::K, &a.k_proj),
+            (Projection::V, &a.v_proj),
+            (Projection::O, &a.o_proj),
+            (Projection::Gate, &m.gate_proj),
+            (Projection::Up, &m.up_proj),
+            (Projection::Down, &m.down_proj),
         ]
     }
 
     /// Mutable access to the projections, same order as [`Self::projections`].
-    pub fn projections_mut(&mut self) -> [(&'static str, &mut LoraLinear<B>); 7] {
+    pub fn projections_mut(&mut self) -> [(Projection, &mut LoraLinear<B>); 7] {
         let (a, m) = (&mut self.self_attn, &mut self.mlp);
         [
-            ("q_proj", &mut a.q_proj),
-            ("k_proj", &mut a.k_proj),
-            ("v_proj", &mut a.v_proj),
-            ("o_proj", &mut a.o_proj),
-            ("gate_proj", &mut m.gate_proj),
-            ("up_proj", &mut m.up_proj),
-            ("down_proj", &mut m.down_proj),
+            (Projection::Q, &mut a.q_proj),
+            (Projection::K, &mut a.k_proj),
+            (Projection::V, &mut a.v_proj),
+            (Projection::O, &mut a.o_proj),
+            (Projection::Gate, &mut m.gate_proj),
+            (Projection::Up, &mut m.up_proj),
+            (Projection::Down, &mut m.down_proj),
         ]
     }
 }

@@ -1,8 +1,10 @@
 //! Writing the generated tasks to disk as the JSONL files lalora reads.
 
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::io::write_atomic;
 
 use super::{background_tasks, pretraining_corpus, source_tasks, target_task, Task, Record, TaskSizes, TaskSplit};
 
@@ -26,9 +28,9 @@ pub struct TaskFiles {
 /// Generates every task from `seed` and writes it under `dir` (created if missing):
 /// `pretrain.jsonl`, `source-{name}.train.jsonl`, `source-{name}.eval.jsonl`,
 /// `target-arithmetic.train.jsonl`, `target-arithmetic.test.jsonl` and `README.txt`.
-/// Each file is written to `{file}.tmp` and then renamed into place.
-pub fn write_tasks(dir: &Path, seed: u64, sizes: &TaskSizes) -> io::Result<TaskFiles> {
-    fs::create_dir_all(dir)?;
+/// Each file is written atomically (a temporary file, then renamed into place).
+pub fn write_tasks(dir: &Path, seed: u64, sizes: &TaskSizes) -> Result<TaskFiles> {
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let sources = source_tasks(seed, sizes);
     let target = target_task(seed, sizes);
     let pretrained: Vec<Task> = sources.iter().cloned().chain(background_tasks(seed, sizes)).collect();
@@ -54,27 +56,16 @@ pub fn write_tasks(dir: &Path, seed: u64, sizes: &TaskSizes) -> io::Result<TaskF
 }
 
 /// Writes both splits of `task`; returns the train and held-out paths.
-fn write_task(dir: &Path, task: &Task) -> io::Result<(PathBuf, PathBuf)> {
+fn write_task(dir: &Path, task: &Task) -> Result<(PathBuf, PathBuf)> {
     let [train, held_out] = task.splits();
     Ok((write_split(dir, &train)?, write_split(dir, &held_out)?))
 }
 
 /// Writes `split` to `dir/{name}.jsonl` and returns that path.
-fn write_split(dir: &Path, split: &TaskSplit) -> io::Result<PathBuf> {
+fn write_split(dir: &Path, split: &TaskSplit) -> Result<PathBuf> {
     let path = dir.join(format!("{}.jsonl", split.name));
     write_atomic(&path, split.to_jsonl().as_bytes())?;
     Ok(path)
-}
-
-/// Writes `bytes` to `{path}.tmp`, then renames it to `path`, so readers never see a
-/// half-written file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, path)).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
 }
 
 /// The README describing each file in two lines.
@@ -160,7 +151,7 @@ mod tests {
         let leftovers: Vec<_> = fs::read_dir(&dir)
             .expect("list dir")
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
         let _ = fs::remove_dir_all(&dir);

@@ -136,10 +136,11 @@ impl Default for TaskSizes {
 }
 
 impl TaskSizes {
-    /// A few dozen records of each kind, for tests and CI.
+    /// A few dozen records of each kind, for tests and CI: the first records of the same
+    /// world as the default sizes (the bundled model knows its facts).
     pub fn tiny() -> Self {
         TaskSizes {
-            fact_entities: 8,
+            fact_entities: TaskSizes::default().fact_entities,
             pretrain_per_source: 200,
             source_train: 24,
             source_eval: 16,
@@ -147,21 +148,54 @@ impl TaskSizes {
             target_test: 16,
         }
     }
+
+    /// What is generated for these sizes: at least the default sizes, so that smaller sizes
+    /// cut the same world rather than draw a different one.
+    fn generated(&self) -> TaskSizes {
+        let d = TaskSizes::default();
+        TaskSizes {
+            fact_entities: self.fact_entities,
+            pretrain_per_source: self.pretrain_per_source.max(d.pretrain_per_source),
+            source_train: self.source_train.max(d.source_train),
+            source_eval: self.source_eval.max(d.source_eval),
+            target_train: self.target_train.max(d.target_train),
+            target_test: self.target_test.max(d.target_test),
+        }
+    }
+}
+
+impl Task {
+    /// The task with its lists cut to `sizes` (sources and background by the source sizes,
+    /// the target by the target sizes).
+    fn cut(mut self, sizes: &TaskSizes) -> Task {
+        let (train, eval) = match self.role {
+            TaskRole::Target => (sizes.target_train, sizes.target_test),
+            _ => (sizes.source_train, sizes.source_eval),
+        };
+        self.pretrain.truncate(sizes.pretrain_per_source);
+        self.train.truncate(train);
+        self.eval.truncate(eval);
+        self
+    }
 }
 
 /// The three source skills: `facts`, `strings` and `grammar`, in that order.
 pub fn source_tasks(seed: u64, sizes: &TaskSizes) -> Vec<Task> {
-    vec![facts::facts_task(seed, sizes), strings::strings_task(seed, sizes), grammar::grammar_task(seed, sizes)]
+    let all = sizes.generated();
+    [facts::facts_task(seed, &all), strings::strings_task(seed, &all), grammar::grammar_task(seed, &all)]
+        .into_iter()
+        .map(|t| t.cut(sizes))
+        .collect()
 }
 
 /// Background knowledge for the pretraining corpus only: `numbers` (sums in words).
 pub fn background_tasks(seed: u64, sizes: &TaskSizes) -> Vec<Task> {
-    vec![numbers::numbers_task(seed, sizes)]
+    vec![numbers::numbers_task(seed, &sizes.generated()).cut(sizes)]
 }
 
 /// The target task: `arithmetic` word problems about the facts world.
 pub fn target_task(seed: u64, sizes: &TaskSizes) -> Task {
-    arithmetic::arithmetic_task(seed, sizes)
+    arithmetic::arithmetic_task(seed, &sizes.generated()).cut(sizes)
 }
 
 /// The base model's pretraining texts: every source's `pretrain` texts, interleaved one

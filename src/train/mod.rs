@@ -1,11 +1,11 @@
-//! LoRA training: the optimiser settings, the learning-rate schedule and one training step.
+//! LoRA training: the run's configuration, one optimiser step, and the loop with evaluation,
+//! logs and checkpoints.
 
+mod config;
 mod run;
-mod schedule;
 mod step;
 
-pub use run::{train, EvalPlan, EvalPoint, Method, RunDir, TrainOptions, TrainOutcome};
-pub use schedule::{LrSchedule, ScheduleKind};
-pub use step::{
-    clip_global_norm, lm_loss, lm_objective, train_step, trainable_params, AdamWSettings, LmObjective, ParamRef, StepOutput,
-};
+pub(crate) use run::train;
+pub use config::{DataConfig, EvalConfig, OptimizerConfig, Penalty, RunConfig, ScheduleConfig, ScheduleKind, TrainConfig};
+pub use run::{EvalPoint, TrainControl, TrainData, TrainReport};
+pub use step::{clip_global_norm, lm_objective, trainable_params, LmObjective, ParamRef, Step, StepOutput};

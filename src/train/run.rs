@@ -1,23 +1,22 @@
 //! The fine-tuning loop: lr -> forward and NLL -> `+ lambda/2 * penalty` -> backward -> clip ->
 //! AdamW, with periodic evaluation, JSONL logs and resumable checkpoints.
 //!
-//! A checkpoint (`RUN/checkpoint/`) holds the adapters (PEFT layout), the optimiser state, the
-//! step and the data position; the dropout generator is reseeded from (seed, step) at every
-//! step, so a resumed run reaches the same final adapters as one that never stopped.
+//! A run directory holds `config.json` (the [`RunConfig`], written before step 0 and checked
+//! by a resume), `log.jsonl`, and `checkpoint/`: the adapters (PEFT layout), the optimiser
+//! state, the step and the data position. The dropout generator is reseeded from (seed, step)
+//! at every step, so a resumed run reaches the same final adapters as one that never stopped.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::Optimizer;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
-use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::cast::ToElement;
 use serde::{Deserialize, Serialize};
 
-use super::schedule::{LrSchedule, ScheduleKind};
-use super::step::{clip_global_norm, lm_objective, trainable_params, AdamWSettings};
+use super::config::{Penalty, RunConfig, TrainConfig};
+use super::step::{trainable_params, Step};
 use crate::data::{Batch, DataPosition, Sequence, Shuffler};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalOptions, EvalScore, EvalSet};
@@ -29,123 +28,27 @@ use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
 use crate::KernelAutodiffBackend;
 
-/// How the adapters are regularised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// Plain LoRA, no penalty.
-    Lora,
-    /// Isotropic penalty `lambda/2 |theta - theta*|^2` around the starting adapters.
-    L2,
-    /// Laplace penalty `lambda/2 (theta - theta*)^T (F + delta I) (theta - theta*)`.
-    Lalora,
-}
-
-impl Method {
-    /// `lora`, `l2` or `lalora`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Method::Lora => "lora",
-            Method::L2 => "l2",
-            Method::Lalora => "lalora",
-        }
-    }
-}
-
-/// Everything that shapes a run except the data and the model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainOptions {
-    /// Regulariser.
-    pub method: Method,
-    /// Penalty strength lambda (ignored for `lora`).
-    pub lambda: f64,
-    /// Optimiser steps.
-    pub steps: usize,
-    /// Sequences per micro-batch.
-    pub batch_size: usize,
-    /// Micro-batches per optimiser step.
-    pub grad_accum: usize,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// Linear warmup steps.
-    pub warmup_steps: usize,
-    /// Decay after warmup.
-    pub schedule: ScheduleKind,
-    /// Final learning rate as a fraction of the peak.
-    pub min_lr_ratio: f64,
-    /// AdamW hyper-parameters.
-    pub adamw: AdamWSettings,
-    /// Global gradient-norm clip (None: no clipping).
-    pub clip: Option<f64>,
-    /// Evaluate every this many steps (0: only at the end).
-    pub eval_every: usize,
-    /// Write a checkpoint every this many steps (0: only at the end).
-    pub checkpoint_every: usize,
-    /// Seed of the data order and of dropout.
-    pub seed: u64,
-}
-
-impl Default for TrainOptions {
-    fn default() -> Self {
-        TrainOptions {
-            method: Method::Lora,
-            lambda: 0.0,
-            steps: 100,
-            batch_size: 8,
-            grad_accum: 1,
-            lr: 2e-4,
-            warmup_steps: 10,
-            schedule: ScheduleKind::Cosine,
-            min_lr_ratio: 0.1,
-            adamw: AdamWSettings::default(),
-            clip: Some(1.0),
-            eval_every: 0,
-            checkpoint_every: 0,
-            seed: 0,
-        }
-    }
-}
-
-impl TrainOptions {
-    fn validate(&self) -> Result<()> {
-        let bad = |field: &str, reason: &str| Err(Error::arg(field, reason));
-        if self.steps == 0 {
-            return bad("steps", "must be at least 1");
-        }
-        if self.batch_size == 0 || self.grad_accum == 0 {
-            return bad("batch-size", "batch size and gradient accumulation must be at least 1");
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad("lr", "must be a positive number");
-        }
-        if !(self.lambda.is_finite() && self.lambda >= 0.0) {
-            return bad("lambda", "must be a non-negative number");
-        }
-        if self.clip.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
-            return bad("clip", "must be a positive number");
-        }
-        Ok(())
-    }
-
-    fn schedule(&self) -> LrSchedule {
-        LrSchedule {
-            peak: self.lr,
-            warmup_steps: self.warmup_steps,
-            total_steps: self.steps,
-            kind: self.schedule,
-            min_ratio: self.min_lr_ratio,
-        }
-    }
-}
-
-/// Evaluation sets and how to score them during training.
-pub struct EvalPlan<'a> {
-    /// Tokenizer (generation sets decode with it).
+/// The data of a run: training sequences, and the sets scored during and after training.
+pub struct TrainData<'a> {
+    /// Training sequences (tokenised; see [`crate::data::lm_sequences_with_eos`]).
+    pub sequences: &'a [Sequence],
+    /// Evaluation sets (may be empty).
+    pub eval_sets: &'a [EvalSet],
+    /// The tokenizer (generation sets decode with it).
     pub tokenizer: &'a Tokenizer,
-    /// The sets.
-    pub sets: &'a [EvalSet],
-    /// Scoring knobs.
-    pub options: EvalOptions,
+}
+
+/// How a run is driven, apart from what it computes.
+#[derive(Debug, Clone, Default)]
+pub struct TrainControl {
+    /// Run directory for `config.json`, logs and checkpoints (None: nothing is written).
+    pub run_dir: Option<PathBuf>,
+    /// Continue from the run directory's newest checkpoint.
+    pub resume: bool,
+    /// End this call after this many steps in total, with a checkpoint (to split a long run).
+    pub stop_after: Option<usize>,
+    /// Show a progress bar.
+    pub progress: bool,
 }
 
 /// Scores of all eval sets at one step.
@@ -157,42 +60,43 @@ pub struct EvalPoint {
     pub scores: Vec<EvalScore>,
 }
 
-/// What a run returns.
-pub struct TrainOutcome<B: AutodiffBackend> {
-    /// The trained model.
-    pub model: Llama<B>,
+/// What a run returns besides the trained model.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
     /// Every evaluation, in step order.
     pub evals: Vec<EvalPoint>,
     /// Token-mean NLL of the last step.
     pub last_loss: f64,
     /// Wall time of the training steps (evaluation excluded).
     pub train_seconds: f64,
-    /// Training tokens processed (non-padding).
+    /// Training tokens processed in this call (loss-carrying).
     pub tokens: usize,
+    /// Optimiser steps done in total (less than the configured steps after `stop_after`).
+    pub steps_done: usize,
+}
+
+impl TrainReport {
+    /// Whether the run reached its configured number of steps.
+    pub fn finished(&self, config: &TrainConfig) -> bool {
+        self.steps_done == config.schedule.steps
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CheckpointState {
     step: usize,
     data: DataPosition,
-    options: TrainOptions,
 }
 
-/// A run directory: `log.jsonl`, `checkpoint/`, and the final `adapter/`.
-pub struct RunDir {
+/// A run directory: `config.json`, `log.jsonl`, `checkpoint/`.
+struct RunDir {
     path: PathBuf,
 }
 
 impl RunDir {
-    /// Uses (and creates) `path`.
-    pub fn new(path: &Path) -> Result<Self> {
+    fn new(path: &Path) -> Result<Self> {
         std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
         Ok(RunDir { path: path.to_path_buf() })
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn log(&self, value: serde_json::Value) -> Result<()> {
@@ -201,9 +105,27 @@ impl RunDir {
         writeln!(f, "{value}").map_err(|e| Error::io(&path, e))
     }
 
+    /// Writes `config.json` for a fresh run; for a resumed one, checks that the saved config
+    /// equals `config` and names the first setting that differs.
+    fn config(&self, config: &RunConfig, resume: bool) -> Result<()> {
+        let path = self.path.join("config.json");
+        if !resume {
+            return write_json_atomic(&path, config);
+        }
+        // Both sides go through the same serialisation, so f32 settings compare exactly.
+        let as_json = |c: &RunConfig| serde_json::to_value(c).map_err(|source| Error::Json { path: path.clone(), source });
+        let (saved, wanted) = (as_json(&read_json::<RunConfig>(&path)?)?, as_json(config)?);
+        let differences = differences(&saved, &wanted, "");
+        if differences.is_empty() {
+            return Ok(());
+        }
+        let listed: Vec<String> = differences.iter().map(|(field, was, now)| format!("{field} was {was}, is now {now}")).collect();
+        Err(Error::Mismatch { path, reason: format!("the run was made with other settings ({}); resume with the same settings", listed.join("; ")) })
+    }
+
     /// Writes a checkpoint into `checkpoint.tmp/`, then swaps it in, so the previous
     /// checkpoint survives an interruption.
-    fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Llama<B>, B>>(
+    fn save_checkpoint<B: KernelAutodiffBackend, O: Optimizer<Llama<B>, B>>(
         &self,
         model: &Llama<B>,
         lora: &LoraConfig,
@@ -232,152 +154,174 @@ impl RunDir {
     fn checkpoint_dir(&self) -> Option<PathBuf> {
         ["checkpoint", "checkpoint.old"].iter().map(|n| self.path.join(n)).find(|p| p.join("state.json").exists())
     }
-}
 
-/// Trains the model's adapters on `data`.
-///
-/// With `resume`, the newest checkpoint in `run` is loaded (adapters, optimiser, step, data
-/// position) and training continues to `options.steps`. `stop_after` ends this call early after
-/// that many steps in total, with a checkpoint (to split a long run into sessions). A
-/// non-finite loss or penalty stops the run with an error naming the step; the last good
-/// checkpoint is kept.
-#[allow(clippy::too_many_arguments)]
-pub fn train<B: KernelAutodiffBackend>(
-    model: Llama<B>,
-    lora: &LoraConfig,
-    prior: Option<&LaplacePrior<B>>,
-    data: &[Sequence],
-    eval: &EvalPlan<'_>,
-    options: &TrainOptions,
-    run: Option<&RunDir>,
-    resume: bool,
-    stop_after: Option<usize>,
-    show_progress: bool,
-) -> Result<TrainOutcome<B>> {
-    options.validate()?;
-    if data.is_empty() {
-        return Err(Error::EmptyData { path: "<training data>".into(), reason: "no training sequences".into() });
-    }
-    if options.method != Method::Lora && prior.is_none() {
-        return Err(Error::arg("method", format!("`{}` needs a prior", options.method.name())));
-    }
-    let device = model.embed_tokens.device();
-    let mut model = model;
-    let mut optim = options.adamw.config().init::<B, Llama<B>>();
-    let mut step = 0;
-    let mut position = DataPosition::default();
-
-    if resume {
-        let run = run.ok_or_else(|| Error::arg("resume", "needs a run directory"))?;
-        let dir = run.checkpoint_dir().ok_or_else(|| {
-            Error::io(run.path().join("checkpoint"), std::io::Error::new(std::io::ErrorKind::NotFound, "no checkpoint to resume from"))
+    /// Loads the newest checkpoint into `model` and `optim`; returns its state.
+    fn resume<B: KernelAutodiffBackend, O: Optimizer<Llama<B>, B>>(&self, model: Llama<B>, optim: O) -> Result<(Llama<B>, O, CheckpointState)> {
+        let dir = self.checkpoint_dir().ok_or_else(|| {
+            Error::io(self.path.join("checkpoint"), std::io::Error::new(std::io::ErrorKind::NotFound, "no checkpoint to resume from"))
         })?;
         let state: CheckpointState = read_json(&dir.join("state.json"))?;
-        if state.options != *options {
-            return Err(Error::Mismatch {
-                path: dir.join("state.json"),
-                reason: "the checkpoint was made with other training options; resume with the same flags".into(),
-            });
-        }
-        model = peft::load_adapter(model, &dir.join("adapter"))?.0;
+        let model = peft::load_adapter(model, &dir.join("adapter"))?.0;
+        let device = model.embed_tokens.device();
         let record = BinFileRecorder::<FullPrecisionSettings>::new()
             .load(dir.join("optimizer"), &device)
             .map_err(|e| Error::io(dir.join("optimizer.bin"), std::io::Error::other(e.to_string())))?;
-        optim = optim.load_record(record);
-        step = state.step;
-        position = state.data;
+        Ok((model, optim.load_record(record), state))
+    }
+}
+
+/// Every place where two JSON values differ, as (dotted path, saved, wanted).
+fn differences(saved: &serde_json::Value, wanted: &serde_json::Value, at: &str) -> Vec<(String, String, String)> {
+    use serde_json::Value;
+    match (saved, wanted) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            keys.into_iter()
+                .flat_map(|k| {
+                    let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                    differences(a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), &path)
+                })
+                .collect()
+        }
+        _ if saved == wanted => Vec::new(),
+        _ => vec![(at.to_string(), saved.to_string(), wanted.to_string())],
+    }
+}
+
+/// Trains the adapters of `model` on `data` (see [`crate::LaLoRA::train`]). `prior` is the
+/// model's Laplace prior, required by [`Penalty::Laplace`]; the `l2` penalty is taken around the
+/// starting adapters.
+///
+/// A non-finite loss or penalty stops the run with an error naming the step; the last good
+/// checkpoint is kept.
+pub(crate) fn train<B: KernelAutodiffBackend>(
+    model: Llama<B>,
+    lora: &LoraConfig,
+    prior: Option<&LaplacePrior<B>>,
+    data: &TrainData<'_>,
+    config: &TrainConfig,
+    control: &TrainControl,
+) -> Result<(Llama<B>, TrainReport)> {
+    config.validate()?;
+    if data.sequences.is_empty() {
+        return Err(Error::EmptyData { path: "<training data>".into(), reason: "no training sequences".into() });
+    }
+    let isotropic;
+    let prior = match config.penalty {
+        Penalty::None => None,
+        Penalty::L2 { lambda } => {
+            isotropic = LaplacePrior::isotropic(&model, 1.0);
+            Some((&isotropic, lambda / 2.0))
+        }
+        Penalty::Laplace { lambda } => {
+            let prior = prior.ok_or_else(|| Error::arg("laplace", "the laplace penalty needs a fitted or loaded prior"))?;
+            Some((prior, lambda / 2.0))
+        }
+    };
+    let run = control.run_dir.as_deref().map(RunDir::new).transpose()?;
+    if control.resume && run.is_none() {
+        return Err(Error::arg("resume", "needs a run directory"));
+    }
+    let device = model.embed_tokens.device();
+    let mut model = model;
+    let mut optim = config.optimizer.adamw().init::<B, Llama<B>>();
+    let mut step = 0;
+    let mut position = DataPosition::default();
+    if let Some(run) = &run {
+        run.config(&RunConfig::new(lora.clone(), config.clone()), control.resume)?;
+        if control.resume {
+            let state;
+            (model, optim, state) = run.resume(model, optim)?;
+            step = state.step;
+            position = state.data;
+        }
     }
 
-    let penalty_scale = options.lambda / 2.0;
-    let penalty = |m: &Llama<B>| prior.expect("checked above").penalty(m, penalty_scale);
-    let use_penalty = options.method != Method::Lora && options.lambda > 0.0;
     let params = trainable_params(&model);
-    let schedule = options.schedule();
-    let mut shuffler = Shuffler::new(data.len(), options.seed, position);
-    let progress = Progress::new(show_progress, options.steps as u64, options.method.name());
+    let schedule = &config.schedule;
+    let mut shuffler = Shuffler::new(data.sequences.len(), config.data.seed, position);
+    let progress = Progress::new(control.progress, schedule.steps as u64, config.penalty.method_name());
     progress.inc(step as u64);
+    let eval_options = EvalOptions { batch_size: config.eval.batch_size, max_len: config.eval.max_len, max_new_tokens: config.eval.max_new_tokens };
 
-    let mut evals = Vec::new();
-    let mut last_loss = f64::NAN;
-    let mut tokens = 0usize;
-    let mut train_seconds = 0.0;
-    let last_step = stop_after.map_or(options.steps, |s| s.min(options.steps));
+    let mut report = TrainReport { evals: Vec::new(), last_loss: f64::NAN, train_seconds: 0.0, tokens: 0, steps_done: step };
+    let last_step = control.stop_after.map_or(schedule.steps, |s| s.min(schedule.steps));
     while step < last_step {
         let start = Instant::now();
         // Dropout draws depend only on (seed, step): resuming replays them exactly.
-        B::seed(&device, options.seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
+        B::seed(&device, config.data.seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
         let lr = schedule.lr_at(step);
-        let mut accumulator = GradientsAccumulator::<Llama<B>>::new();
-        let (mut loss, mut penalty_value) = (0.0, 0.0);
-        for micro in 0..options.grad_accum {
-            let indices = shuffler.next_batch(options.batch_size);
-            let refs: Vec<&Sequence> = indices.iter().map(|&i| &data[i]).collect();
-            let batch = Batch::new(&refs, &device);
-            tokens += batch.num_targets;
-            let objective = lm_objective(&model, &batch, true, false);
-            let mut total = objective.surrogate.div_scalar(options.grad_accum as f64);
-            loss += objective.nll / options.grad_accum as f64;
-            if micro == 0 && use_penalty {
-                let term = penalty(&model);
-                penalty_value = term.value.into_scalar().to_f64();
-                total = total + term.surrogate;
-            }
-            let grads = GradientsParams::from_grads(total.backward(), &model);
-            accumulator.accumulate(&model, grads);
-        }
-        if !loss.is_finite() || !penalty_value.is_finite() {
-            let cause = if !loss.is_finite() { format!("loss is {loss}") } else { format!("penalty is {penalty_value}") };
-            return Err(Error::Numerical(format!(
-                "step {}: {cause}; stopped (the last checkpoint, if any, is kept). Lower --lr or --lambda.",
-                step + 1
-            )));
-        }
-        let mut grads = accumulator.grads();
-        let grad_norm = clip_global_norm::<B>(&mut grads, &params, options.clip);
-        model = optim.step(lr, model, grads);
+        let micro_batches = (0..config.data.grad_accum)
+            .map(|_| {
+                let picked: Vec<&Sequence> = shuffler.next_batch(config.data.batch_size).into_iter().map(|i| &data.sequences[i]).collect();
+                Batch::new(&picked, &device)
+            })
+            .collect();
+        let one = Step { lr, clip: config.optimizer.clip, head_grad: false, penalty: prior, params: &params };
+        let out;
+        (model, out) = one.run(model, &mut optim, micro_batches).map_err(|e| {
+            Error::Numerical(format!("step {}: {e}; stopped (the last checkpoint, if any, is kept). Lower --lr or --lambda.", step + 1))
+        })?;
         step += 1;
-        last_loss = loss;
+        report.tokens += out.tokens;
+        report.last_loss = out.loss;
+        report.steps_done = step;
         let elapsed = start.elapsed().as_secs_f64();
-        train_seconds += elapsed;
+        report.train_seconds += elapsed;
         progress.inc(1);
-        progress.message(format!("nll {loss:.3}, penalty {penalty_value:.4}, lr {lr:.1e}"));
-        if let Some(run) = run {
+        progress.message(format!("nll {:.3}, penalty {:.4}, lr {lr:.1e}", out.loss, out.penalty));
+        if let Some(run) = &run {
             run.log(serde_json::json!({
-                "step": step, "nll": loss, "penalty": penalty_value, "lr": lr, "grad_norm": grad_norm, "ms": elapsed * 1e3,
+                "step": step, "nll": out.loss, "penalty": out.penalty, "lr": lr, "grad_norm": out.grad_norm, "ms": elapsed * 1e3,
             }))?;
         }
 
-        let at_end = step == options.steps;
-        if (options.eval_every > 0 && step % options.eval_every == 0) || at_end {
-            let point = evaluate_all(&model, eval, step)?;
+        let at_end = step == schedule.steps;
+        if (config.eval.every > 0 && step % config.eval.every == 0) || at_end {
+            let point = evaluate_all(&model, data, &eval_options, step)?;
             let line = point.scores.iter().map(|s| format!("{} {:.3}", s.name, s.headline())).collect::<Vec<_>>().join(", ");
             if !line.is_empty() {
-                progress.println(format!("step {step}: nll {loss:.3}, penalty {penalty_value:.4}, lr {lr:.1e} | {line}"));
+                progress.println(format!("step {step}: nll {:.3}, penalty {:.4}, lr {lr:.1e} | {line}", out.loss, out.penalty));
             }
-            if let Some(run) = run {
+            if let Some(run) = &run {
                 run.log(serde_json::json!({ "step": step, "eval": point.scores }))?;
             }
-            evals.push(point);
+            report.evals.push(point);
         }
-        if let Some(run) = run {
-            let periodic = options.checkpoint_every > 0 && step % options.checkpoint_every == 0;
+        if let Some(run) = &run {
+            let periodic = config.checkpoint_every > 0 && step % config.checkpoint_every == 0;
             if periodic || at_end || step == last_step {
-                let state = CheckpointState { step, data: shuffler.position(), options: options.clone() };
+                let state = CheckpointState { step, data: shuffler.position() };
                 run.save_checkpoint(&model, lora, &optim, &state)?;
             }
         }
     }
     progress.finish();
-    Ok(TrainOutcome { model, evals, last_loss, train_seconds, tokens })
+    Ok((model, report))
 }
 
 /// Scores every eval set on the model without autodiff.
-fn evaluate_all<B: KernelAutodiffBackend>(model: &Llama<B>, eval: &EvalPlan<'_>, step: usize) -> Result<EvalPoint> {
+fn evaluate_all<B: KernelAutodiffBackend>(model: &Llama<B>, data: &TrainData<'_>, options: &EvalOptions, step: usize) -> Result<EvalPoint> {
     let inner = model.valid();
-    let scores = eval
-        .sets
+    let scores = data
+        .eval_sets
         .iter()
-        .map(|set| evaluate::<B::InnerBackend>(&inner, eval.tokenizer, set, &eval.options, &Progress::hidden()))
+        .map(|set| evaluate(&inner, data.tokenizer, set, options, &Progress::hidden()))
         .collect::<Result<Vec<_>>>()?;
     Ok(EvalPoint { step, scores })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_are_named_by_their_paths() {
+        let a = serde_json::json!({"lora": {"rank": 8, "alpha": 16.0}, "train": {"lr": 1e-3}});
+        let b = serde_json::json!({"lora": {"rank": 4, "alpha": 16.0}, "train": {"lr": 2e-3}});
+        let found = differences(&a, &b, "");
+        assert_eq!(found[0], ("lora.rank".to_string(), "8".to_string(), "4".to_string()));
+        assert_eq!(found[1].0, "train.lr");
+        assert!(differences(&a, &a, "").is_empty());
+    }
 }

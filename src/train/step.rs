@@ -1,49 +1,18 @@
 //! One optimiser step on a batch: forward with dropout, token-mean NLL plus an optional
 //! penalty, backward, global-norm clipping, AdamW.
 
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::cast::ToElement as _;
 use burn::tensor::Tensor;
-use serde::{Deserialize, Serialize};
 
 use crate::data::Batch;
-use crate::laplace::PenaltyTerm;
+use crate::error::{Error, Result};
+use crate::laplace::LaplacePrior;
 use crate::llama::{ForwardOptions, Llama};
 use crate::loss::{head_forward, hidden_grad};
-use crate::{KernelAutodiffBackend, KernelBackend};
-
-/// AdamW's hyper-parameters, with PyTorch's defaults written out (burn's differ: eps 1e-5,
-/// weight decay 1e-4).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AdamWSettings {
-    /// First-moment decay. PyTorch default 0.9.
-    pub beta1: f32,
-    /// Second-moment decay. PyTorch default 0.999.
-    pub beta2: f32,
-    /// Denominator epsilon. PyTorch default 1e-8.
-    pub eps: f32,
-    /// Decoupled weight decay. PyTorch default 0.01.
-    pub weight_decay: f32,
-}
-
-impl Default for AdamWSettings {
-    fn default() -> Self {
-        AdamWSettings { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
-    }
-}
-
-impl AdamWSettings {
-    /// burn's AdamW configured with these values (clipping is done separately, by global norm).
-    pub fn config(&self) -> AdamWConfig {
-        AdamWConfig::new()
-            .with_beta_1(self.beta1)
-            .with_beta_2(self.beta2)
-            .with_epsilon(self.eps)
-            .with_weight_decay(self.weight_decay)
-    }
-}
+use crate::KernelAutodiffBackend;
 
 /// The training objective of a batch, ready for `backward`.
 pub struct LmObjective<B: AutodiffBackend> {
@@ -66,7 +35,7 @@ pub fn lm_objective<B: KernelAutodiffBackend>(model: &Llama<B>, batch: &Batch<B>
     let weights = batch.loss_mask.clone().inner().div_scalar(batch.num_targets.max(1) as f64);
     let hidden_inner = hidden.clone().inner();
     let out = head_forward(head_inner.clone(), hidden_inner.clone());
-    let nll = (out.nll(targets.clone()) * weights.clone()).sum().into_scalar().to_f64();
+    let nll = out.masked_nll(targets.clone(), weights.clone()).sum().into_scalar().to_f64();
     let logit_grad = out.logit_grad(targets, weights);
     let mut surrogate = (hidden * Tensor::from_inner(hidden_grad(head_inner, logit_grad.clone()))).sum();
     if head_grad {
@@ -78,23 +47,17 @@ pub fn lm_objective<B: KernelAutodiffBackend>(model: &Llama<B>, batch: &Batch<B>
     LmObjective { surrogate, nll }
 }
 
-/// Token-mean NLL of a batch without gradients (for evaluation on any backend).
-pub fn lm_loss<B: KernelBackend>(model: &Llama<B>, batch: &Batch<B>) -> f64 {
-    let hidden = model.hidden_states(batch.input_ids.clone(), Some(batch.key_mask.clone()), ForwardOptions::default());
-    let out = head_forward(model.head_weight(), hidden);
-    let nll = out.nll(batch.targets.clone()) * batch.loss_mask.clone();
-    nll.sum().into_scalar().to_f64() / batch.num_targets.max(1) as f64
-}
-
 /// Figures of one step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepOutput {
-    /// Token-mean NLL of the batch.
+    /// Token-mean NLL of the step's micro-batches.
     pub loss: f64,
     /// Value of the penalty term added to the loss (0 without one).
     pub penalty: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Loss-carrying tokens of the step.
+    pub tokens: usize,
 }
 
 /// A parameter's id and rank, so its gradient can be read back with the right type.
@@ -146,38 +109,60 @@ pub fn clip_global_norm<B: AutodiffBackend>(grads: &mut GradientsParams, params:
     norm
 }
 
-/// One training step: forward (dropout on), loss (+ `penalty(model)` if given), backward,
-/// clip to `clip` by global norm, optimiser step with learning rate `lr`.
-///
-/// Returns the updated model and the step's figures. The loss is read back to the host, so
-/// non-finite values can be caught by the caller.
-pub fn train_step<B, O>(
-    model: Llama<B>,
-    optim: &mut O,
-    batch: &Batch<B>,
-    lr: f64,
-    clip: Option<f64>,
-    penalty: Option<&dyn Fn(&Llama<B>) -> PenaltyTerm<B>>,
-) -> (Llama<B>, StepOutput)
-where
-    B: KernelAutodiffBackend,
-    O: Optimizer<Llama<B>, B>,
-    Llama<B>: AutodiffModule<B>,
-{
-    let LmObjective { surrogate, nll } = lm_objective(&model, batch, true, false);
-    let (objective, penalty_value) = match penalty {
-        Some(p) => {
-            let term = p(&model);
-            (surrogate + term.surrogate, Some(term.value))
-        }
-        None => (surrogate, None),
-    };
-    let grads = objective.backward();
-    let mut grads = GradientsParams::from_grads(grads, &model);
-    let grad_norm = clip_global_norm::<B>(&mut grads, &trainable_params(&model), clip);
-    let loss = nll;
-    let penalty = penalty_value.map_or(0.0, |p| p.into_scalar().to_f64());
-    let model = optim.step(lr, model, grads);
-    (model, StepOutput { loss, penalty, grad_norm })
+/// One optimiser step, the same for fine-tuning, pretraining and the benchmark.
+pub struct Step<'a, B: KernelAutodiffBackend> {
+    /// Learning rate of this step.
+    pub lr: f64,
+    /// Global-norm clip (None: no clipping).
+    pub clip: Option<f64>,
+    /// Also train the LM head (full-parameter pretraining); its gradient is added in closed form.
+    pub head_grad: bool,
+    /// The prior and the factor (lambda / 2) of its penalty, added once per step.
+    pub penalty: Option<(&'a LaplacePrior<B>, f64)>,
+    /// The trainable parameters (for clipping), from [`trainable_params`].
+    pub params: &'a [ParamRef],
 }
 
+impl<B: KernelAutodiffBackend> Step<'_, B> {
+    /// Runs the step over `micro_batches` (gradient accumulation): each micro-batch's forward
+    /// (dropout on) and token-mean NLL, scaled by 1/(number of micro-batches), the penalty
+    /// with the first one, backward and accumulate; then, if the loss and the penalty are
+    /// finite, global-norm clipping and AdamW.
+    ///
+    /// # Errors
+    /// [`Error::Numerical`] naming the cause when the loss or the penalty is not finite; the
+    /// optimiser has not stepped then.
+    pub fn run<O: Optimizer<Llama<B>, B>>(
+        &self,
+        model: Llama<B>,
+        optim: &mut O,
+        micro_batches: Vec<Batch<B>>,
+    ) -> Result<(Llama<B>, StepOutput)> {
+        let n = micro_batches.len();
+        assert!(n > 0, "a step needs at least one micro-batch");
+        let mut accumulator = GradientsAccumulator::<Llama<B>>::new();
+        let (mut loss, mut penalty, mut tokens) = (0.0, 0.0, 0);
+        for (micro, batch) in micro_batches.iter().enumerate() {
+            tokens += batch.num_targets;
+            let objective = lm_objective(&model, batch, true, self.head_grad);
+            let mut total = objective.surrogate.div_scalar(n as f64);
+            loss += objective.nll / n as f64;
+            if let (0, Some((prior, scale))) = (micro, self.penalty) {
+                let term = prior.penalty(&model, scale);
+                penalty = term.value.into_scalar().to_f64();
+                total = total + term.surrogate;
+            }
+            accumulator.accumulate(&model, GradientsParams::from_grads(total.backward(), &model));
+        }
+        if !loss.is_finite() {
+            return Err(Error::Numerical(format!("loss is {loss}")));
+        }
+        if !penalty.is_finite() {
+            return Err(Error::Numerical(format!("penalty is {penalty}")));
+        }
+        let mut grads = accumulator.grads();
+        let grad_norm = clip_global_norm::<B>(&mut grads, self.params, self.clip);
+        let model = optim.step(self.lr, model, grads);
+        Ok((model, StepOutput { loss, penalty, grad_norm, tokens }))
+    }
+}

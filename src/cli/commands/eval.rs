@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use lalora::eval::{evaluate, load_eval_set, EvalOptions, EvalScore};
-use lalora::lalora::load_for_inference;
+use lalora::{LaLoRA, Tokenizer};
 use lalora::progress::Progress;
 use serde_json::{json, Value};
 
@@ -53,14 +53,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     anyhow::ensure!(args.max_len > 1, "--max-len must be at least 2 (one token predicts the next)");
     let device = lalora_backends::device();
-    let (model, tokenizer) = load_for_inference::<B>(&args.model.model, args.model.adapter.as_deref(), &device)
+    let tokenizer = Tokenizer::from_dir(&args.model.model)?;
+    let model = LaLoRA::<B>::load(&args.model.model, args.model.adapters(), &device)
         .with_context(|| format!("loading {}", args.model.model.display()))?;
     let options = EvalOptions { batch_size: args.batch_size, max_len: args.max_len, max_new_tokens: args.max_new_tokens };
     let mut scores = Vec::new();
     for path in &args.data {
         let set = load_eval_set(path, &tokenizer, args.max_len)?;
         let progress = Progress::new(!args.json, set.len() as u64, &set.name);
-        scores.push(evaluate(&model, &tokenizer, &set, &options, &progress)?);
+        scores.push(evaluate(&model.model, &tokenizer, &set, &options, &progress)?);
         progress.finish();
     }
     if args.json {

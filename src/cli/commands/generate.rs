@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::Args;
-use lalora::generate::{generate, SamplingConfig};
-use lalora::lalora::load_for_inference;
+use lalora::generate::SamplingConfig;
+use lalora::{LaLoRA, Tokenizer};
 
 use crate::cli::{ModelArgs, B};
 
@@ -37,10 +37,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.temperature >= 0.0, "--temperature must be >= 0");
     anyhow::ensure!(args.top_p > 0.0 && args.top_p <= 1.0, "--top-p must be in (0, 1]");
     let device = lalora_backends::device();
-    let (model, tokenizer) = load_for_inference::<B>(&args.model.model, args.model.adapter.as_deref(), &device)
+    let tokenizer = Tokenizer::from_dir(&args.model.model)?;
+    let model = LaLoRA::<B>::load(&args.model.model, args.model.adapters(), &device)
         .with_context(|| format!("loading {}", args.model.model.display()))?;
     let prompt = tokenizer.encode(&args.prompt)?;
-    anyhow::ensure!(!prompt.is_empty(), "the prompt tokenises to nothing");
     let config = SamplingConfig {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
@@ -48,7 +48,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
         use_cache: !args.no_cache,
     };
-    let new_tokens = generate(&model, &prompt, &config, &model.config.eos_token_ids);
+    let new_tokens = model.generate(&prompt, &config)?;
     println!("{}{}", args.prompt, tokenizer.decode(&new_tokens)?);
     Ok(())
 }

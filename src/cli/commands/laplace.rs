@@ -2,22 +2,14 @@
 //! and write `curvature.safetensors`, `laplace.json` and `anchor/`.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::Context;
-use burn::tensor::backend::Backend as _;
 use clap::Args;
-use lalora::curvature::{Estimator, FisherType};
-use lalora::data::{lm_sequences, permutation, Batch, Sequence};
-use lalora::io::peft;
-use lalora::laplace::{fit, has_zero_b, FitOptions, LaplaceMeta};
-use lalora::llama::Llama;
-use lalora::progress::Progress;
-use lalora::Tokenizer;
+use lalora::curvature::Estimator;
+use lalora::laplace::has_zero_b;
+use lalora::{AdapterSource, LaLoRA, LaplaceConfig, SourceData, Tokenizer};
 
-use crate::cli::{LoraArgs, ModelArgs};
-
-type AB = lalora_backends::AutodiffBackend;
+use crate::cli::{FisherKind, LoraArgs, ModelArgs, AB};
 
 /// Flags of `lalora laplace`.
 #[derive(Args, Debug)]
@@ -29,12 +21,12 @@ pub struct LaplaceArgs {
     /// Source (or surrogate) data, JSONL; repeat for several sets: their tokens are averaged.
     #[arg(long, required = true)]
     data: Vec<PathBuf>,
-    /// `diag`, `kfac` (B-KFAC) or `tri-kfac` (B-Tri-KFAC).
-    #[arg(long, default_value = "kfac", value_parser = ["diag", "kfac", "tri-kfac"])]
-    curvature: String,
+    /// The curvature: `diag`, `kfac` (B-KFAC) or `tri-kfac` (B-Tri-KFAC).
+    #[arg(long, value_enum, default_value_t = Estimator::Kfac)]
+    curvature: Estimator,
     /// `mc` (labels sampled from the model) or `empirical` (the data's labels).
-    #[arg(long, default_value = "mc", value_parser = ["mc", "empirical"])]
-    fisher: String,
+    #[arg(long, value_enum, default_value_t = FisherKind::Mc)]
+    fisher: FisherKind,
     /// Monte-Carlo label draws per token (with --fisher mc).
     #[arg(long, default_value_t = 1)]
     samples: usize,
@@ -60,84 +52,44 @@ pub struct LaplaceArgs {
 
 /// Runs `lalora laplace`.
 pub fn run(args: LaplaceArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.batches > 0 && args.batch_size > 0, "--batches and --batch-size must be at least 1");
-    anyhow::ensure!(args.samples > 0, "--samples must be at least 1");
     let device = lalora_backends::device();
-    AB::seed(&device, args.seed);
-    let estimator = Estimator::parse(&args.curvature).expect("clap checked the value");
-    let fisher = match args.fisher.as_str() {
-        "empirical" => FisherType::Empirical,
-        _ => FisherType::Mc { samples: args.samples },
+    let config = LaplaceConfig::new()
+        .with_estimator(args.curvature)
+        .with_fisher(args.fisher.fisher(args.samples))
+        .with_batches_per_source(args.batches)
+        .with_batch_size(args.batch_size)
+        .with_max_len(args.max_len)
+        .with_prior_precision(args.prior_precision)
+        .with_seed(args.seed);
+    config.validate()?;
+    let adapters = match &args.model.adapter {
+        Some(dir) => AdapterSource::Peft(dir.clone()),
+        None => AdapterSource::Fresh(args.lora.config(args.seed)),
     };
     let tokenizer = Tokenizer::from_dir(&args.model.model)?;
-    let base = Llama::<AB>::load(&args.model.model, &device).with_context(|| format!("loading {}", args.model.model.display()))?;
-    let (model, lora) = match &args.model.adapter {
-        Some(dir) => {
-            let (m, info) = peft::load_adapter(base, dir)?;
-            (m, info.lora)
-        }
-        None => {
-            let lora = args.lora.config(args.seed);
-            (base.with_adapters(&lora)?, lora)
-        }
-    };
-    if estimator != Estimator::Diag && has_zero_b(&model) {
+    let mut lalora = LaLoRA::<AB>::load(&args.model.model, adapters, &device).with_context(|| format!("loading {}", args.model.model.display()))?;
+    if has_zero_b(&lalora.model) {
         eprintln!(
-            "warning: some adapters have B = 0 (PEFT's init): h = 0 there, so the A blocks of {} are zero and only B \
+            "warning: some adapters have B = 0 (PEFT's init): h = 0 there, so the A entries of {} are zero and only B \
              is constrained (tri-kfac then equals kfac). Use --init offset to constrain A too.",
-            estimator.name()
+            args.curvature.name()
         );
     }
-
-    let mut batches: Vec<Batch<AB>> = Vec::new();
-    for path in &args.data {
-        let sequences = lm_sequences(path, &tokenizer, args.max_len)?;
-        let order = permutation(sequences.len(), args.seed, 0);
-        let wanted = args.batches * args.batch_size;
-        if sequences.len() < wanted {
-            eprintln!("note: {} has {} sequences, fewer than {wanted}; using all", path.display(), sequences.len());
-        }
-        let picked: Vec<&Sequence> = order.iter().take(wanted).map(|&i| &sequences[i]).collect();
-        for chunk in picked.chunks(args.batch_size) {
-            batches.push(Batch::new(chunk, &device));
-        }
+    let sources = args.data.iter().map(|p| SourceData::read(p, &tokenizer, args.max_len)).collect::<lalora::Result<Vec<_>>>()?;
+    let report = lalora.fit_prior(&sources, &config, true)?;
+    for note in &report.notes {
+        eprintln!("note: {note}");
     }
-
-    let progress = Progress::new(true, batches.len() as u64, "laplace");
-    let start = Instant::now();
-    let options = FitOptions { estimator, fisher, prior_precision: args.prior_precision };
-    let (prior, tokens) = fit(&model, &batches, &options, &progress)?;
-    let seconds = start.elapsed().as_secs_f64();
-    progress.finish();
-
-    let meta = LaplaceMeta {
-        curvature: estimator,
-        fisher: fisher.name().to_string(),
-        samples: if let FisherType::Mc { samples } = fisher { samples } else { 1 },
-        tokens,
-        prior_precision: args.prior_precision,
-        scale: lora.scale(),
-        rank: lora.rank,
-        alpha: lora.alpha,
-        rslora: lora.rslora,
-        targets: lora.targets.clone(),
-        init: lora.init,
-        data: args.data.iter().map(|p| p.display().to_string()).collect(),
-        batches_per_file: args.batches,
-        batch_size: args.batch_size,
-        max_len: args.max_len,
-        seed: args.seed,
-        lalora_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    use burn::module::AutodiffModule;
-    prior.save(&args.out, &meta, &model.valid(), &lora)?;
+    lalora.save_prior(&args.out)?;
     let size = std::fs::metadata(args.out.join("curvature.safetensors")).map(|m| m.len()).unwrap_or(0);
     println!(
-        "{} ({} Fisher) on {tokens} tokens from {} batches in {seconds:.1} s ({:.2} s/batch); curvature.safetensors {:.1} MiB -> {}",
-        estimator.name(),
-        fisher.name(),
-        batches.len(),
-        seconds / batches.len() as f64,
+        "{} ({} Fisher) on {} tokens from {} batches in {:.1} s ({:.2} s/batch); curvature.safetensors {:.1} MiB -> {}",
+        args.curvature.name(),
+        config.fisher.name(),
+        report.tokens,
+        report.batches,
+        report.seconds,
+        report.seconds / report.batches.max(1) as f64,
         size as f64 / (1024.0 * 1024.0),
         args.out.display()
     );
