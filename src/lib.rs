@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod chat;
 pub mod curvature;
 pub mod data;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod loss;
 pub mod plot;
 pub mod pretrain;
 pub mod progress;
+pub mod run_config;
 pub mod sweep;
 pub mod tasks;
 pub mod tokenizer;
