@@ -455,7 +455,7 @@ mod tests {
         let t = template("{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}\
                           {{ messages[0].content.strip().upper() }}|{{ messages[0].content.startswith(' a') }}|\
                           {{ {'a': [1, 'é'], 'b': none} | tojson }}|{{ [1, 2] | tojson(indent=2) }}");
-        assert_eq!(t.render(&chat(&[("user", " ab ")]), false).unwrap(), "AB|true|{\"a\": [1, \"é\"], \"b\": null}|[\n  1,\n  2\n]");
+        assert_eq!(t.render(&chat(&[("user", " ab ")]), false).unwrap(), "AB|True|{\"a\": [1, \"é\"], \"b\": null}|[\n  1,\n  2\n]");
         let e = t.render(&chat(&[("system", "x")]), false).unwrap_err().to_string();
         assert!(e.contains("test.jinja") && e.contains("first must be user"), "{e}");
     }
