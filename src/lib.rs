@@ -10,6 +10,7 @@
 
 pub mod chat;
 pub mod curvature;
+pub mod curves;
 pub mod data;
 pub mod error;
 pub mod eval;

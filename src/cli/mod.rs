@@ -51,6 +51,10 @@ enum Command {
     /// Measure one LoRA training step (tokens/s, peak memory) on a model preset.
     #[command(allow_negative_numbers = true)]
     Bench(commands::bench::BenchArgs),
+    /// Fold a PEFT adapter into its base model and write a plain HF checkpoint (sharded safetensors).
+    Merge(commands::merge::MergeArgs),
+    /// Draw training curves (loss, penalty, learning rate, eval scores) of run directories.
+    Plot(commands::plot::PlotArgs),
 }
 
 /// Runs the parsed command.
@@ -66,5 +70,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => commands::sweep::run_demo(args),
         Command::Memory(args) => commands::memory::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Merge(args) => commands::merge::run(args),
+        Command::Plot(args) => commands::plot::run(args),
     }
 }

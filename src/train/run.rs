@@ -294,7 +294,7 @@ pub fn train<B: AutodiffBackend>(
     let schedule = options.schedule();
     let mut shuffler = Shuffler::new(data.len(), options.seed, position);
     let progress = Progress::new(show_progress, options.steps as u64, options.method.name());
-    progress.inc(step as u64);
+    progress.start_at(step as u64);
 
     let mut evals = Vec::new();
     let mut last_loss = f64::NAN;
