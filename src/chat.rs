@@ -140,6 +140,12 @@ impl ChatTemplate {
         &self.path
     }
 
+    /// A special token's text from `tokenizer_config.json` (`bos_token`, `eos_token`, ...):
+    /// `generate --chat` stops at the `eos_token` (Llama 3 Instruct's `<|eot_id|>`).
+    pub fn special_token(&self, name: &str) -> Option<&str> {
+        self.special_tokens.get(name).map(String::as_str)
+    }
+
     /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's
     /// next turn begins (what `generate --chat` feeds the model).
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {

@@ -167,4 +167,5 @@ fn models_without_templates_and_broken_configs_are_reported() {
     std::fs::write(dir.join("chat_template.jinja"), "{{ bos_token }}jinja").unwrap();
     let template = ChatTemplate::from_model_dir(&dir).unwrap().unwrap();
     assert_eq!(template.render(&[ChatMessage::new("user", "x")], false).unwrap(), "<s>jinja");
+    assert_eq!((template.special_token("bos_token"), template.special_token("eos_token")), (Some("<s>"), None));
 }
