@@ -120,6 +120,7 @@ pub fn run_demo<B: KernelAutodiffBackend>(config: &DemoConfig, device: &B::Devic
         laplace_data: tasks.sources.iter().map(|(_, train, _)| train.clone()).collect(),
         source_eval: tasks.sources.iter().map(|(_, _, eval)| eval.clone()).collect(),
         target_eval: vec![tasks.target_eval.clone()],
+        fields: None,
     };
     let result = sweep_files::<B>(&files, &config.sweep(), device, on_row)?;
     std::fs::create_dir_all(&config.out).map_err(|e| Error::io(&config.out, e))?;

@@ -99,9 +99,17 @@ pub enum Error {
     BadRecord {
         /// The data file.
         path: PathBuf,
-        /// 1-based line number.
+        /// 1-based line number (row number in a parquet file).
         line: usize,
         /// What is wrong with the record.
+        reason: String,
+    },
+    /// A parquet file cannot be read as such.
+    #[error("{path}: not a readable parquet file: {reason}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// What the parquet reader said.
         reason: String,
     },
     /// A data file (or the part of it that is usable) is empty.
@@ -119,6 +127,14 @@ pub enum Error {
         /// The file that does not fit.
         path: PathBuf,
         /// What does not match.
+        reason: String,
+    },
+    /// A Hugging Face model id that cannot be resolved to a local snapshot.
+    #[error("model id `{id}`: {reason}")]
+    Hub {
+        /// The id as given, with its revision (`org/name@main`).
+        id: String,
+        /// What was looked for and where, or why the download failed.
         reason: String,
     },
     /// A numerical problem during a run (a non-finite loss, say), with where it happened.

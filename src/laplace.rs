@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::curvature::accumulate::Accumulator;
 use crate::curvature::capture::{adapter_infos, capture_batch};
 use crate::curvature::{inner, Curvature, Estimator, FisherType};
-use crate::data::{lm_sequences, permutation, Batch, Sequence};
+use crate::data::{lm_sequences_with, permutation, Batch, LmOptions, Sequence};
 use crate::error::Error;
 use crate::io::{peft, read_json, save_tensors, write_json_atomic, TensorFiles};
 use crate::llama::{Llama, Projection};
@@ -87,7 +87,14 @@ impl SourceData {
     /// Reads and tokenises a language-modelling file (`text`, or `prompt` + `completion`),
     /// keeping `max_len` tokens per sequence; the name is the path.
     pub fn read(path: &Path, tokenizer: &Tokenizer, max_len: usize) -> crate::Result<Self> {
-        Ok(SourceData { name: path.display().to_string(), sequences: lm_sequences(path, tokenizer, max_len)? })
+        Self::read_with(path, tokenizer, &LmOptions { max_len, ..Default::default() })
+    }
+
+    /// [`Self::read`] with column renames and the chat template of `options` (no EOS is added:
+    /// source text is scored as it is).
+    pub fn read_with(path: &Path, tokenizer: &Tokenizer, options: &LmOptions<'_>) -> crate::Result<Self> {
+        let sequences = lm_sequences_with(path, tokenizer, &LmOptions { eos: None, ..*options })?;
+        Ok(SourceData { name: path.display().to_string(), sequences })
     }
 }
 

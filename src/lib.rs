@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod chat;
 pub mod curvature;
 pub mod data;
 pub mod error;
@@ -25,13 +26,17 @@ pub mod tokenizer;
 pub mod train;
 
 // The command line's own workflows: the bundled tasks, pretraining of the bundled model,
-// sweeps, plots and the demo.
+// sweeps, plots, run config files and the demo.
+#[cfg(feature = "cli")]
+pub mod curves;
 #[cfg(feature = "cli")]
 pub mod demo;
 #[cfg(feature = "cli")]
 pub mod plot;
 #[cfg(feature = "cli")]
 pub mod pretrain;
+#[cfg(feature = "cli")]
+pub mod run_config;
 #[cfg(feature = "cli")]
 pub mod sweep;
 #[cfg(feature = "cli")]
@@ -45,6 +50,11 @@ pub use llama::{Llama, LlamaConfig, Projection};
 pub use lora::{LoraConfig, LoraInit, LoraLinear};
 pub use train::{Penalty, TrainConfig, TrainControl, TrainData};
 pub use tokenizer::Tokenizer;
+
+// The README's Rust blocks are compiled as doctests, so its library example cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 #[cfg(test)]
 pub(crate) mod test_support {

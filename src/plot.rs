@@ -16,11 +16,11 @@ use plotters::prelude::*;
 /// DejaVu Sans (Bitstream Vera licence, see `assets/DejaVuSans-LICENSE.txt`).
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 /// The family name the embedded font is registered under.
-const FONT_FAMILY: &str = "sans-serif";
+pub(crate) const FONT_FAMILY: &str = "sans-serif";
 /// Image size in pixels.
 const SIZE: (u32, u32) = (800, 600);
 /// Line colours, one per method in turn (Okabe-Ito, readable with colour blindness).
-const COLOURS: [RGBColor; 7] = [
+pub(crate) const COLOURS: [RGBColor; 7] = [
     RGBColor(0, 114, 178),
     RGBColor(213, 94, 0),
     RGBColor(0, 158, 115),
@@ -83,14 +83,14 @@ pub fn write_pareto(
 }
 
 /// `{path}.tmp`, a sibling of `path` to write before renaming.
-fn temporary_path(path: &Path) -> PathBuf {
+pub(crate) fn temporary_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".tmp");
     PathBuf::from(name)
 }
 
 /// Registers the embedded font with plotters, once per process.
-fn register_font() -> io::Result<()> {
+pub(crate) fn register_font() -> io::Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, FONT).is_ok());
     if ok {
@@ -173,7 +173,7 @@ fn finite_points(series: &ParetoSeries) -> impl Iterator<Item = &ParetoPoint> {
 
 /// The range of `values` widened by a tenth of its span on each side (so markers and
 /// labels stay inside the plot), or `0..1` when there are no values.
-fn padded_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+pub(crate) fn padded_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     let (low, high) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if low > high {
         return 0.0..1.0;

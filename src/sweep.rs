@@ -13,9 +13,10 @@ use burn::module::AutodiffModule;
 use serde::Serialize;
 
 use crate::curvature::Estimator;
-use crate::data::{lm_sequences_with_eos, Sequence};
+use crate::chat::ChatTemplate;
+use crate::data::{lm_sequences_with, FieldMap, LmOptions, Sequence};
 use crate::error::Result;
-use crate::eval::{evaluate, load_eval_set, EvalScore, EvalSet};
+use crate::eval::{evaluate, load_eval_set_with, EvalScore, EvalSet};
 use crate::io::{write_atomic, write_json_atomic};
 use crate::lalora::{AdapterSource, LaLoRA};
 use crate::laplace::{fit, LaplaceConfig, LaplacePrior, SourceData};
@@ -80,6 +81,8 @@ pub struct SweepFiles {
     pub source_eval: Vec<PathBuf>,
     /// Held-out target sets (learning is measured on these).
     pub target_eval: Vec<PathBuf>,
+    /// Column renames applied to every file.
+    pub fields: Option<FieldMap>,
 }
 
 /// The data of a sweep, tokenised.
@@ -172,11 +175,12 @@ pub fn sweep_files<B: KernelAutodiffBackend>(
     B::seed(device, config.seed);
     let tokenizer = Tokenizer::from_dir(&files.model)?;
     let start = LaLoRA::<B>::from_model(Llama::load(&files.model, device)?, AdapterSource::Fresh(config.lora.clone()))?;
+    let chat = ChatTemplate::from_model_dir(&files.model)?;
     let eos = start.model.config.eos_token_ids.first().copied();
-    let max_len = config.train.data.max_len;
-    let train = lm_sequences_with_eos(&files.train, &tokenizer, max_len, eos)?;
-    let laplace_sources = files.laplace_data.iter().map(|p| SourceData::read(p, &tokenizer, max_len)).collect::<Result<Vec<_>>>()?;
-    let load = |paths: &[PathBuf]| paths.iter().map(|p| load_eval_set(p, &tokenizer, max_len)).collect::<Result<Vec<_>>>();
+    let read = LmOptions { max_len: config.train.data.max_len, eos, fields: files.fields.as_ref(), chat: chat.as_ref() };
+    let train = lm_sequences_with(&files.train, &tokenizer, &read)?;
+    let laplace_sources = files.laplace_data.iter().map(|p| SourceData::read_with(p, &tokenizer, &read)).collect::<Result<Vec<_>>>()?;
+    let load = |paths: &[PathBuf]| paths.iter().map(|p| load_eval_set_with(p, &tokenizer, &read)).collect::<Result<Vec<_>>>();
     let (source_evals, target_evals) = (load(&files.source_eval)?, load(&files.target_eval)?);
     let data = SweepData { tokenizer: &tokenizer, train: &train, laplace_sources: &laplace_sources, source_evals: &source_evals, target_evals: &target_evals };
     run_sweep(&start, &data, config, on_row)

@@ -129,3 +129,29 @@ fn the_bundled_demo_runs_end_to_end_in_its_quick_form() {
     let png = std::fs::read(out_dir.join("pareto.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }
+
+#[test]
+fn flags_come_from_a_config_file_and_the_run_records_them() {
+    let (model, _, target, _) = workspace("cli-config");
+    let run = model.join("run");
+    let config = model.join("run.yaml");
+    std::fs::write(&config, format!("model: {}\ndata: {}\nsteps: 3\nbatch_size: 4\nrank: 2\nalpha: 4\nlr: 1e-3\n", s(&model), s(&target))).unwrap();
+    // A flag on the command line overrides the file.
+    ok(&["train", "--config", s(&config), "--lr", "2e-3", "--out", s(&run)]);
+    let flags: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(flags["steps"], "3");
+    assert_eq!(flags["lr"], "2e-3");
+    assert_eq!(flags["rank"], "2");
+    // The run's own run.json repeats it.
+    let again = model.join("again");
+    ok(&["train", "--config", s(&run.join("run.json")), "--out", s(&again)]);
+    let a = std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(again.join("adapter/adapter_model.safetensors")).unwrap();
+    assert_eq!(a, b, "the same flags give the same adapter");
+    // An unknown key names the file and the key.
+    std::fs::write(&config, "stepz: 3\n").unwrap();
+    let out = lalora(&["train", "--config", s(&config), "--out", s(&run)]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("run.yaml") && err.contains("stepz"), "{err}");
+}

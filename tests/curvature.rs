@@ -267,8 +267,8 @@ fn diag_equals_the_exact_ggn_diagonal_with_labels_enumerated() {
     // Several tokens per sequence, one of them labelled: the per-sequence gradient must carry
     // the attention paths from earlier positions.
     let sequences = vec![
-        Sequence { ids: vec![297, 51, 257, 220, 80], first_target: 4 },
-        Sequence { ids: vec![297, 288, 290], first_target: 2 },
+        Sequence::new(vec![297, 51, 257, 220, 80], 4),
+        Sequence::new(vec![297, 288, 290], 2),
     ];
     let Curvature::Diag(diag) = fitted(&model, &sequences, Estimator::Diag, FisherType::Exhaustive) else { panic!() };
     let infos = adapter_infos(&model);

@@ -3,26 +3,57 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use lalora::chat::ChatTemplate;
 use lalora::curvature::FisherType;
+use lalora::data::{FieldMap, LmOptions};
+use lalora::io::hub::resolve_model;
 use lalora::train::{DataConfig, EvalConfig, OptimizerConfig, Penalty, ScheduleConfig, ScheduleKind, TrainConfig};
 use lalora::{AdapterSource, LoraConfig, LoraInit, Projection};
 
 /// Which model (and adapter) to load.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// HF model directory: config.json, model.safetensors (or shards) and tokenizer.json.
-    /// Example: `--model models/tiny`.
+    /// HF model directory (config.json, model.safetensors or shards, tokenizer.json), or a
+    /// model id in the local Hugging Face cache, `org/name[@revision]`.
+    /// Examples: `--model models/tiny`, `--model meta-llama/Llama-3.2-1B@main`.
     #[arg(long, env = "LALORA_MODEL")]
-    pub model: PathBuf,
+    pub model: String,
     /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors) to apply.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
 }
 
 impl ModelArgs {
+    /// The model directory: `--model` itself, or the HF cache's snapshot of a model id.
+    pub fn dir(&self) -> lalora::Result<PathBuf> {
+        resolve_model(&self.model)
+    }
+
     /// The adapters these flags name: the `--adapter` directory, or none.
     pub fn adapters(&self) -> AdapterSource {
         self.adapter.clone().map_or(AdapterSource::None, AdapterSource::Peft)
+    }
+}
+
+/// How data files (JSONL or parquet) are read.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Rename columns before the records are read, `record_field=column` pairs,
+    /// comma-separated. Example (GSM8K): `--field prompt=question,completion=answer`.
+    #[arg(long, value_parser = |s: &str| FieldMap::parse(s))]
+    pub field: Option<FieldMap>,
+}
+
+impl DataArgs {
+    /// Reading options for a model in `model_dir`: these renames, `max_len` tokens, `eos` after
+    /// completions, and the model's chat template (for `messages` records) if it has one.
+    pub fn chat_template(model_dir: &std::path::Path) -> lalora::Result<Option<ChatTemplate>> {
+        ChatTemplate::from_model_dir(model_dir)
+    }
+
+    /// [`LmOptions`] over these renames and `chat`.
+    pub fn options<'a>(&'a self, max_len: usize, eos: Option<u32>, chat: Option<&'a ChatTemplate>) -> LmOptions<'a> {
+        LmOptions { max_len, eos, fields: self.field.as_ref(), chat }
     }
 }
 

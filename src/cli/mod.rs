@@ -4,9 +4,21 @@
 mod args;
 mod commands;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, Parser, Subcommand};
 
 pub use args::*;
+
+/// The flags a subcommand settled on (defaults included), as `--config` files read them:
+/// written to run directories so a run can be repeated from its own `run.json`.
+pub type Flags = serde_json::Map<String, serde_json::Value>;
+
+/// The resolved flags of the subcommand in `matches`.
+pub fn resolved_flags(matches: &ArgMatches) -> Flags {
+    let Some((name, sub_matches)) = matches.subcommand() else { return Flags::new() };
+    let command = Cli::command();
+    let sub = command.find_subcommand(name).expect("clap matched this subcommand");
+    lalora::run_config::resolved_config(sub, sub_matches)
+}
 
 /// The backend this binary was built for (cargo features `flex`, `ndarray`, `wgpu`, `cuda`).
 pub type B = lalora_backends::Backend;
@@ -53,20 +65,26 @@ enum Command {
     /// Measure one LoRA training step (tokens/s, peak memory) on a model preset.
     #[command(allow_negative_numbers = true)]
     Bench(commands::bench::BenchArgs),
+    /// Fold a PEFT adapter into its base model and write a plain HF checkpoint (sharded safetensors).
+    Merge(commands::merge::MergeArgs),
+    /// Draw training curves (loss, penalty, learning rate, eval scores) of run directories.
+    Plot(commands::plot::PlotArgs),
 }
 
-/// Runs the parsed command.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the parsed command; `flags` are its resolved flags (see [`resolved_flags`]).
+pub fn run(cli: Cli, flags: Flags) -> anyhow::Result<()> {
     match cli.command {
         Command::Eval(args) => commands::eval::run(args),
         Command::Generate(args) => commands::generate::run(args),
-        Command::Laplace(args) => commands::laplace::run(args),
+        Command::Laplace(args) => commands::laplace::run(args, &flags),
         Command::Tasks(args) => commands::tasks::run(args),
         Command::Pretrain(args) => commands::pretrain::run(args),
-        Command::Train(args) => commands::train::run(args),
-        Command::Sweep(args) => commands::sweep::run(args),
+        Command::Train(args) => commands::train::run(args, &flags),
+        Command::Sweep(args) => commands::sweep::run(args, &flags),
         Command::Demo(args) => commands::sweep::run_demo_command(args),
         Command::Memory(args) => commands::memory::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Merge(args) => commands::merge::run(args),
+        Command::Plot(args) => commands::plot::run(args),
     }
 }

@@ -10,23 +10,48 @@ pub struct Sequence {
     /// Tokens `ids[first_target..]` carry a loss (each predicted from the position before it).
     /// Plain text: 1. Prompt + completion: the prompt's length.
     pub first_target: usize,
+    /// When set, `[ids.len()]` flags that replace `first_target`: token t carries a loss where
+    /// `target_mask[t]` (t >= 1). For scored tokens that are not one suffix, such as the
+    /// assistant turns of a chat.
+    pub target_mask: Option<Vec<bool>>,
 }
 
 impl Sequence {
     /// A text sequence: every token after the first is predicted.
     pub fn text(ids: Vec<u32>) -> Self {
-        Sequence { ids, first_target: 1 }
+        Sequence { ids, first_target: 1, target_mask: None }
+    }
+
+    /// A sequence whose tokens from `first_target` on carry a loss.
+    pub fn new(ids: Vec<u32>, first_target: usize) -> Self {
+        Sequence { ids, first_target, target_mask: None }
     }
 
     /// Keeps the first `max_len` tokens.
     pub fn truncated(mut self, max_len: usize) -> Self {
         self.ids.truncate(max_len);
+        if let Some(mask) = &mut self.target_mask {
+            mask.truncate(max_len);
+        }
         self
+    }
+
+    /// Whether token `t` is predicted and scored.
+    pub fn is_target(&self, t: usize) -> bool {
+        t >= 1
+            && t < self.ids.len()
+            && match &self.target_mask {
+                Some(mask) => mask.get(t).copied().unwrap_or(false),
+                None => t >= self.first_target,
+            }
     }
 
     /// Number of predicted tokens.
     pub fn num_targets(&self) -> usize {
-        self.ids.len().saturating_sub(self.first_target.max(1))
+        match &self.target_mask {
+            Some(_) => (1..self.ids.len()).filter(|&t| self.is_target(t)).count(),
+            None => self.ids.len().saturating_sub(self.first_target.max(1)),
+        }
     }
 }
 
@@ -67,7 +92,7 @@ impl<B: Backend> Batch<B> {
                 mask[base + t] = true;
                 if t + 1 < s.ids.len() {
                     targets[base + t] = s.ids[t + 1] as i64;
-                    if t + 1 >= s.first_target {
+                    if s.is_target(t + 1) {
                         loss[base + t] = 1.0;
                         num_targets += 1;
                     }

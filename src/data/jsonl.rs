@@ -1,11 +1,30 @@
-//! JSONL records. Each line is one JSON object; its fields decide its kind.
+//! Data records from JSONL (one JSON object a line) or parquet (one row a record); the
+//! fields decide a record's kind.
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::fields::FieldMap;
 use crate::error::{Error, Result};
+
+/// One turn of a conversation: `{"role": "user", "content": "..."}` (TRL's conversational
+/// format; other keys of a message are ignored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` (or any role the chat template knows).
+    pub role: String,
+    /// The text of the turn.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message with `role` and `content`.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage { role: role.into(), content: content.into() }
+    }
+}
 
 /// One record of a data file. Serialised without a tag: the field names alone tell the kinds
 /// apart, as the reader expects them.
@@ -41,6 +60,12 @@ pub enum Record {
         /// The reference answer.
         answer: String,
     },
+    /// `{"messages": [{"role": ..., "content": ...}, ...]}`: rendered with the model's chat
+    /// template; the loss covers the assistant turns only.
+    Chat {
+        /// The turns, in order.
+        messages: Vec<ChatMessage>,
+    },
 }
 
 impl Record {
@@ -67,6 +92,7 @@ impl Record {
             Record::PromptCompletion { .. } => "prompt-completion",
             Record::MultipleChoice { .. } => "multiple-choice",
             Record::Generation { .. } => "generation",
+            Record::Chat { .. } => "chat",
         }
     }
 
@@ -81,6 +107,9 @@ impl Record {
         };
         if let Some(text) = string("text")? {
             return Ok(Record::Text { text });
+        }
+        if let Some(messages) = obj.get("messages").filter(|m| !m.is_null()) {
+            return parse_messages(messages).map(|messages| Record::Chat { messages });
         }
         if let Some(context) = string("context")? {
             let choices = obj
@@ -116,27 +145,90 @@ impl Record {
             return Err("a `prompt` needs a `completion` (or `response`) or an `answer`".into());
         }
         Err("no known fields: expected `text`, `prompt`+`completion`, `query`+`response`, \
-             `context`+`choices`+`label`, or `prompt`+`answer`"
+             `context`+`choices`+`label`, `prompt`+`answer`, or `messages`"
             .into())
     }
 }
 
-/// Reads every record of a JSONL file with its 1-based line number. Blank lines are skipped;
-/// a malformed line is an error naming the file and line.
+/// `messages`: a non-empty list of `{"role": string, "content": string}` objects.
+fn parse_messages(value: &Value) -> std::result::Result<Vec<ChatMessage>, String> {
+    let list = value.as_array().ok_or("field `messages` must be a list of {\"role\", \"content\"} objects")?;
+    if list.is_empty() {
+        return Err("field `messages` is empty".into());
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let text = |key: &str| match m.get(key) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                _ => Err(format!("field `messages`, item {i}: `{key}` must be a string")),
+            };
+            if !m.is_object() {
+                return Err(format!("field `messages`, item {i}: must be an object with `role` and `content`"));
+            }
+            Ok(ChatMessage { role: text("role")?, content: text("content")? })
+        })
+        .collect()
+}
+
+/// Mentions the source column next to a mapped field in a reader's message:
+/// "field `prompt` must be a string" -> "field `prompt` (column `question`) must be a string".
+fn name_columns(reason: String, fields: &FieldMap) -> String {
+    fields.pairs().iter().fold(reason, |reason, (field, column)| {
+        reason.replace(&format!("field `{field}`"), &format!("field `{field}` (column `{column}`)"))
+    })
+}
+
+/// Reads every record of a data file with its 1-based line (JSONL) or row (parquet) number:
+/// `.parquet` files as parquet, anything else as JSONL. Blank lines are skipped; a malformed
+/// record is an error naming the file and line.
 pub fn read_records(path: &Path) -> Result<Vec<(usize, Record)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    read_records_with(path, &FieldMap::none())
+}
+
+/// [`read_records`] with the columns renamed by `fields` first (JSONL keys or parquet columns).
+pub fn read_records_with(path: &Path, fields: &FieldMap) -> Result<Vec<(usize, Record)>> {
+    let bad = |line: usize, reason: String| Error::BadRecord { path: path.to_path_buf(), line, reason: name_columns(reason, fields) };
     let mut records = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+    if is_parquet(path) {
+        for (row, mut object) in read_parquet(path, fields)? {
+            fields.apply(&mut object).map_err(|reason| bad(row, format!("row {row}: {reason}")))?;
+            let record = Record::parse(&Value::Object(object)).map_err(|reason| bad(row, format!("row {row}: {reason}")))?;
+            records.push((row, record));
         }
-        let record = Record::from_json_line(line).map_err(|reason| Error::BadRecord { path: path.to_path_buf(), line: i + 1, reason })?;
-        records.push((i + 1, record));
+    } else {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let mut value: Value = serde_json::from_str(line).map_err(|e| bad(i + 1, format!("malformed JSON: {e}")))?;
+            if let Value::Object(object) = &mut value {
+                fields.apply(object).map_err(|reason| bad(i + 1, reason))?;
+            }
+            let record = Record::parse(&value).map_err(|reason| bad(i + 1, reason))?;
+            records.push((i + 1, record));
+        }
     }
     if records.is_empty() {
         return Err(Error::EmptyData { path: path.to_path_buf(), reason: "holds no records".into() });
     }
     Ok(records)
+}
+
+/// Whether `path` names a parquet file (by its extension).
+pub fn is_parquet(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+}
+
+#[cfg(feature = "parquet")]
+fn read_parquet(path: &Path, fields: &FieldMap) -> Result<Vec<(usize, serde_json::Map<String, Value>)>> {
+    super::parquet::read_parquet_rows(path, fields)
+}
+
+#[cfg(not(feature = "parquet"))]
+fn read_parquet(path: &Path, _fields: &FieldMap) -> Result<Vec<(usize, serde_json::Map<String, Value>)>> {
+    Err(Error::Parquet { path: path.to_path_buf(), reason: "this lalora was built without the `parquet` feature".into() })
 }
 
 #[cfg(test)]
@@ -180,6 +272,38 @@ mod tests {
         assert!(parse(r#"{"txt": "a"}"#).unwrap_err().contains("no known fields"));
         assert!(parse(r#"{"text": 3}"#).unwrap_err().contains("`text`"));
         assert!(parse(r#"{"context": "a", "choices": ["b", "c"], "label": 2}"#).unwrap_err().contains("`label`"));
+        assert!(parse(r#"{"messages": []}"#).unwrap_err().contains("`messages` is empty"));
+        assert!(parse(r#"{"messages": "hi"}"#).unwrap_err().contains("must be a list"));
+        let e = parse(r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant"}]}"#).unwrap_err();
+        assert_eq!(e, "field `messages`, item 1: `content` must be a string");
+    }
+
+    #[test]
+    fn chat_records_parse_and_round_trip() {
+        let line = r#"{"messages":[{"role":"user","content":"2+2?"},{"role":"assistant","content":"4"}]}"#;
+        let record = Record::from_json_line(line).unwrap();
+        assert_eq!(record, Record::Chat { messages: vec![ChatMessage::new("user", "2+2?"), ChatMessage::new("assistant", "4")] });
+        assert_eq!(record.kind(), "chat");
+        assert_eq!(record.to_json_line(), line);
+    }
+
+    #[test]
+    fn field_maps_apply_to_jsonl_and_name_the_column_in_errors() {
+        let dir = std::env::temp_dir().join(format!("lalora-jsonl-map-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gsm.jsonl");
+        std::fs::write(&path, "{\"question\": \"1+1?\", \"answer\": \"2\"}\n").unwrap();
+        let map = FieldMap::parse("prompt=question,completion=answer").unwrap();
+        let records = read_records_with(&path, &map).unwrap();
+        assert_eq!(records, vec![(1, Record::PromptCompletion { prompt: "1+1?".into(), completion: "2".into() })]);
+        let generation = read_records_with(&path, &FieldMap::parse("prompt=question").unwrap()).unwrap();
+        assert_eq!(generation[0].1.kind(), "generation");
+        std::fs::write(&path, "{\"question\": 3, \"answer\": \"2\"}\n").unwrap();
+        let e = read_records_with(&path, &map).unwrap_err().to_string();
+        assert!(e.contains("gsm.jsonl:1: field `prompt` (column `question`) must be a string"), "{e}");
+        std::fs::write(&path, "{\"q\": \"x\"}\n").unwrap();
+        let e = read_records_with(&path, &map).unwrap_err().to_string();
+        assert!(e.contains("gsm.jsonl:1: no column `question` (mapped to `prompt`)"), "{e}");
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl ChoiceItem {
                     ids.drain(..drop);
                     first_target = first_target.saturating_sub(drop).max(1);
                 }
-                Sequence { ids, first_target }
+                Sequence::new(ids, first_target)
             })
             .collect()
     }

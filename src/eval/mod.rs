@@ -14,7 +14,7 @@ pub use choice::{score_choices, ChoiceItem};
 pub use generation::{answers_match, extract_answer, score_generation, GenerationItem};
 pub use text::{score_text, sequence_nll_sums, SequenceScore, TextScore};
 
-use crate::data::{read_records, Record, Sequence};
+use crate::data::{lm_sequences_with, read_records_with, FieldMap, LmOptions, Record, Sequence};
 use crate::error::{Error, Result};
 use crate::llama::Llama;
 use crate::progress::Progress;
@@ -118,9 +118,15 @@ impl EvalScore {
 /// Reads and tokenises an evaluation file. All records must be of one kind (text and
 /// prompt + completion count as one).
 pub fn load_eval_set(path: &Path, tokenizer: &Tokenizer, max_len: usize) -> Result<EvalSet> {
-    let records = read_records(path)?;
+    load_eval_set_with(path, tokenizer, &LmOptions { max_len, ..Default::default() })
+}
+
+/// [`load_eval_set`] with column renames (`options.fields`) and the model's chat template for
+/// `messages` records (`options.chat`), which are scored on their assistant turns.
+pub fn load_eval_set_with(path: &Path, tokenizer: &Tokenizer, options: &LmOptions<'_>) -> Result<EvalSet> {
+    let records = read_records_with(path, options.fields.unwrap_or(&FieldMap::none()))?;
     let kind_of = |r: &Record| match r {
-        Record::Text { .. } | Record::PromptCompletion { .. } => "text",
+        Record::Text { .. } | Record::PromptCompletion { .. } | Record::Chat { .. } => "text",
         other => other.kind(),
     };
     let first = kind_of(&records[0].1);
@@ -132,7 +138,7 @@ pub fn load_eval_set(path: &Path, tokenizer: &Tokenizer, max_len: usize) -> Resu
         });
     }
     let items = match first {
-        "text" => EvalItems::Text(crate::data::lm_sequences(path, tokenizer, max_len)?),
+        "text" => EvalItems::Text(lm_sequences_with(path, tokenizer, &LmOptions { eos: None, ..*options })?),
         "multiple-choice" => EvalItems::MultipleChoice(
             records.iter().map(|(_, r)| ChoiceItem::from_record(r, tokenizer)).collect::<Result<_>>()?,
         ),

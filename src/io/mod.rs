@@ -1,6 +1,8 @@
 //! Files in and out: safetensors checkpoints, PEFT adapters, JSON, atomic writes.
 
 pub mod files;
+pub mod hub;
+pub mod merge;
 pub mod peft;
 pub mod safetensors;
 

@@ -241,7 +241,7 @@ pub(crate) fn train<B: KernelAutodiffBackend>(
     let schedule = &config.schedule;
     let mut shuffler = Shuffler::new(data.sequences.len(), config.data.seed, position);
     let progress = Progress::new(control.progress, schedule.steps as u64, config.penalty.method_name());
-    progress.inc(step as u64);
+    progress.start_at(step as u64);
     let eval_options = EvalOptions { batch_size: config.eval.batch_size, max_len: config.eval.max_len, max_new_tokens: config.eval.max_new_tokens };
 
     let mut report = TrainReport { evals: Vec::new(), last_loss: f64::NAN, train_seconds: 0.0, tokens: 0, steps_done: step };

@@ -4,12 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use lalora::eval::{evaluate, load_eval_set, EvalOptions, EvalScore};
+use lalora::eval::{evaluate, load_eval_set_with, EvalOptions, EvalScore};
 use lalora::{LaLoRA, Tokenizer};
 use lalora::progress::Progress;
 use serde_json::{json, Value};
 
-use crate::cli::{ModelArgs, B};
+use crate::cli::{DataArgs, ModelArgs, B};
 
 /// Flags of `lalora eval`.
 #[derive(Args, Debug)]
@@ -21,6 +21,8 @@ pub struct EvalArgs {
     /// + `label` -> acc and acc_norm; `prompt` + `answer` -> accuracy of greedy generation.
     #[arg(long, required = true)]
     data: Vec<PathBuf>,
+    #[command(flatten)]
+    fields: DataArgs,
     /// Sequences per forward pass. Padding does not change the numbers.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
@@ -53,13 +55,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     anyhow::ensure!(args.max_len > 1, "--max-len must be at least 2 (one token predicts the next)");
     let device = lalora_backends::device();
-    let tokenizer = Tokenizer::from_dir(&args.model.model)?;
-    let model = LaLoRA::<B>::load(&args.model.model, args.model.adapters(), &device)
-        .with_context(|| format!("loading {}", args.model.model.display()))?;
+    let model_dir = args.model.dir()?;
+    let tokenizer = Tokenizer::from_dir(&model_dir)?;
+    let chat = DataArgs::chat_template(&model_dir)?;
+    let model = LaLoRA::<B>::load(&model_dir, args.model.adapters(), &device).with_context(|| format!("loading {}", model_dir.display()))?;
     let options = EvalOptions { batch_size: args.batch_size, max_len: args.max_len, max_new_tokens: args.max_new_tokens };
     let mut scores = Vec::new();
     for path in &args.data {
-        let set = load_eval_set(path, &tokenizer, args.max_len)?;
+        let set = load_eval_set_with(path, &tokenizer, &args.fields.options(args.max_len, None, chat.as_ref()))?;
         let progress = Progress::new(!args.json, set.len() as u64, &set.name);
         scores.push(evaluate(&model.model, &tokenizer, &set, &options, &progress)?);
         progress.finish();

@@ -2,7 +2,9 @@
 
 use anyhow::Context;
 use clap::Args;
-use lalora::generate::SamplingConfig;
+use lalora::chat::ChatTemplate;
+use lalora::data::ChatMessage;
+use lalora::generate::{generate, SamplingConfig};
 use lalora::{LaLoRA, Tokenizer};
 
 use crate::cli::{ModelArgs, B};
@@ -15,6 +17,10 @@ pub struct GenerateArgs {
     /// The prompt (BOS is added as the tokenizer's post-processor says).
     #[arg(long)]
     prompt: String,
+    /// Send the prompt as a user message through the model's chat template (with the
+    /// assistant's turn opened); generation also stops at the template's end-of-turn token.
+    #[arg(long)]
+    chat: bool,
     /// Tokens to generate at most.
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
@@ -37,10 +43,19 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.temperature >= 0.0, "--temperature must be >= 0");
     anyhow::ensure!(args.top_p > 0.0 && args.top_p <= 1.0, "--top-p must be in (0, 1]");
     let device = lalora_backends::device();
-    let tokenizer = Tokenizer::from_dir(&args.model.model)?;
-    let model = LaLoRA::<B>::load(&args.model.model, args.model.adapters(), &device)
-        .with_context(|| format!("loading {}", args.model.model.display()))?;
-    let prompt = tokenizer.encode(&args.prompt)?;
+    let model_dir = args.model.dir()?;
+    let tokenizer = Tokenizer::from_dir(&model_dir)?;
+    let model = LaLoRA::<B>::load(&model_dir, args.model.adapters(), &device).with_context(|| format!("loading {}", model_dir.display()))?;
+    let mut stop = model.model.config.eos_token_ids.clone();
+    let prompt = if args.chat {
+        let template = ChatTemplate::from_model_dir(&model_dir)?
+            .with_context(|| format!("--chat: {} has no chat template (tokenizer_config.json or chat_template.jinja)", model_dir.display()))?;
+        stop.extend(template.special_token("eos_token").and_then(|t| tokenizer.token_id(t)));
+        template.prompt_ids(&tokenizer, &[ChatMessage::new("user", args.prompt.clone())])?
+    } else {
+        tokenizer.encode(&args.prompt)?
+    };
+    anyhow::ensure!(!prompt.is_empty(), "--prompt tokenises to nothing: there is no token to continue");
     let config = SamplingConfig {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
@@ -48,7 +63,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
         use_cache: !args.no_cache,
     };
-    let new_tokens = model.generate(&prompt, &config)?;
-    println!("{}{}", args.prompt, tokenizer.decode(&new_tokens)?);
+    let new_tokens = generate(&model.model, &prompt, &config, &stop);
+    if args.chat {
+        println!("{}", tokenizer.decode(&new_tokens)?);
+    } else {
+        println!("{}{}", args.prompt, tokenizer.decode(&new_tokens)?);
+    }
     Ok(())
 }

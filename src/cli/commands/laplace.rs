@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use lalora::curvature::Estimator;
+use lalora::io::write_json_atomic;
 use lalora::laplace::has_zero_b;
 use lalora::{AdapterSource, LaLoRA, LaplaceConfig, SourceData, Tokenizer};
 
-use crate::cli::{FisherKind, LoraArgs, ModelArgs, AB};
+use crate::cli::{DataArgs, FisherKind, Flags, LoraArgs, ModelArgs, AB};
 
 /// Flags of `lalora laplace`.
 #[derive(Args, Debug)]
@@ -18,9 +19,12 @@ pub struct LaplaceArgs {
     model: ModelArgs,
     #[command(flatten)]
     lora: LoraArgs,
-    /// Source (or surrogate) data, JSONL; repeat for several sets: their tokens are averaged.
+    /// Source (or surrogate) data, JSONL or parquet; repeat for several sets: their tokens are
+    /// averaged.
     #[arg(long, required = true)]
     data: Vec<PathBuf>,
+    #[command(flatten)]
+    fields: DataArgs,
     /// The curvature: `diag`, `kfac` (B-KFAC) or `tri-kfac` (B-Tri-KFAC).
     #[arg(long, value_enum, default_value_t = Estimator::Kfac)]
     curvature: Estimator,
@@ -45,13 +49,18 @@ pub struct LaplaceArgs {
     /// Seed of the data order, the adapter init and the label sampler.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output directory.
+    /// Output directory: curvature.safetensors, laplace.json, anchor/, and run.json (the
+    /// resolved flags).
     #[arg(long)]
     out: PathBuf,
+    /// Read flags from JSON or YAML files (keys are flag names); flags given here override
+    /// them.
+    #[arg(long)]
+    config: Vec<PathBuf>,
 }
 
 /// Runs `lalora laplace`.
-pub fn run(args: LaplaceArgs) -> anyhow::Result<()> {
+pub fn run(args: LaplaceArgs, flags: &Flags) -> anyhow::Result<()> {
     let device = lalora_backends::device();
     let config = LaplaceConfig::new()
         .with_estimator(args.curvature)
@@ -66,8 +75,10 @@ pub fn run(args: LaplaceArgs) -> anyhow::Result<()> {
         Some(dir) => AdapterSource::Peft(dir.clone()),
         None => AdapterSource::Fresh(args.lora.config(args.seed)),
     };
-    let tokenizer = Tokenizer::from_dir(&args.model.model)?;
-    let mut lalora = LaLoRA::<AB>::load(&args.model.model, adapters, &device).with_context(|| format!("loading {}", args.model.model.display()))?;
+    let model_dir = args.model.dir()?;
+    let tokenizer = Tokenizer::from_dir(&model_dir)?;
+    let chat = DataArgs::chat_template(&model_dir)?;
+    let mut lalora = LaLoRA::<AB>::load(&model_dir, adapters, &device).with_context(|| format!("loading {}", model_dir.display()))?;
     if has_zero_b(&lalora.model) {
         eprintln!(
             "warning: some adapters have B = 0 (PEFT's init): h = 0 there, so the A entries of {} are zero and only B \
@@ -75,12 +86,14 @@ pub fn run(args: LaplaceArgs) -> anyhow::Result<()> {
             args.curvature.name()
         );
     }
-    let sources = args.data.iter().map(|p| SourceData::read(p, &tokenizer, args.max_len)).collect::<lalora::Result<Vec<_>>>()?;
+    let read = args.fields.options(args.max_len, None, chat.as_ref());
+    let sources = args.data.iter().map(|p| SourceData::read_with(p, &tokenizer, &read)).collect::<lalora::Result<Vec<_>>>()?;
     let report = lalora.fit_prior(&sources, &config, true)?;
     for note in &report.notes {
         eprintln!("note: {note}");
     }
     lalora.save_prior(&args.out)?;
+    write_json_atomic(&args.out.join("run.json"), flags)?;
     let size = std::fs::metadata(args.out.join("curvature.safetensors")).map(|m| m.len()).unwrap_or(0);
     println!(
         "{} ({} Fisher) on {} tokens from {} batches in {:.1} s ({:.2} s/batch); curvature.safetensors {:.1} MiB -> {}",

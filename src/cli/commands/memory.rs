@@ -12,9 +12,9 @@ use crate::cli::LoraArgs;
 /// Flags of `lalora memory`.
 #[derive(Args, Debug)]
 pub struct MemoryArgs {
-    /// HF config.json; repeat for several models. Example: `--config models/presets/llama-3.2-1b.json`.
+    /// HF config.json; repeat for several models. Example: `--preset models/presets/llama-3.2-1b.json`.
     #[arg(long, required = true)]
-    config: Vec<PathBuf>,
+    preset: Vec<PathBuf>,
     #[command(flatten)]
     lora: LoraArgs,
     /// Print JSON lines instead of a table.
@@ -38,7 +38,7 @@ pub fn run(args: MemoryArgs) -> anyhow::Result<()> {
     if !args.json {
         println!("{:<24} {:>9} {:>12} {:>14} {:>14}", "model", "curvature", "LoRA params", "as stored", "shared X_A");
     }
-    for path in &args.config {
+    for path in &args.preset {
         let config = LlamaConfig::from_file(path)?;
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         for estimator in [Estimator::Diag, Estimator::Kfac, Estimator::TriKfac] {

@@ -5,6 +5,8 @@ pub mod eval;
 pub mod generate;
 pub mod laplace;
 pub mod memory;
+pub mod merge;
+pub mod plot;
 pub mod pretrain;
 pub mod sweep;
 pub mod tasks;

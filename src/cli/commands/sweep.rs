@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use lalora::curvature::Estimator;
+use lalora::io::hub::resolve_model;
+use lalora::io::write_json_atomic;
 use lalora::demo::{run_demo, DemoConfig};
 use lalora::sweep::{sweep_files, ResultRow, SweepConfig, SweepFiles, SweepMethod, SweepPenalty, SweepResult};
 use lalora::train::Penalty;
 use lalora::LaplaceConfig;
 
-use crate::cli::{FisherKind, LoraArgs, OptimArgs, AB};
+use crate::cli::{DataArgs, FisherKind, Flags, LoraArgs, OptimArgs, AB};
 
 /// A method of a sweep.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,18 +90,20 @@ impl MethodArgs {
 /// Flags of `lalora sweep`.
 #[derive(Args, Debug)]
 pub struct SweepArgs {
-    /// HF model directory (with tokenizer.json).
+    /// HF model directory (with tokenizer.json), or a model id in the HF cache.
     #[arg(long)]
-    model: PathBuf,
+    model: String,
     #[command(flatten)]
     lora: LoraArgs,
     #[command(flatten)]
     optim: OptimArgs,
     #[command(flatten)]
     methods: MethodArgs,
-    /// Target training data (JSONL).
+    /// Target training data (JSONL or parquet).
     #[arg(long)]
     train: PathBuf,
+    #[command(flatten)]
+    fields: DataArgs,
     /// Source data for the priors (JSONL text); repeat per source set.
     #[arg(long, required = true)]
     laplace_data: Vec<PathBuf>,
@@ -112,9 +116,14 @@ pub struct SweepArgs {
     /// Seed of adapters, data order, dropout and label sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output directory.
+    /// Output directory: results.csv, results.json, pareto.svg/png, and run.json (the resolved
+    /// flags).
     #[arg(long)]
     out: PathBuf,
+    /// Read flags from JSON or YAML files (keys are flag names); flags given here override
+    /// them.
+    #[arg(long)]
+    config: Vec<PathBuf>,
 }
 
 /// Prints one row of the running table.
@@ -128,13 +137,14 @@ fn print_header() {
 }
 
 /// Runs `lalora sweep`.
-pub fn run(args: SweepArgs) -> anyhow::Result<()> {
+pub fn run(args: SweepArgs, flags: &Flags) -> anyhow::Result<()> {
     let files = SweepFiles {
-        model: args.model.clone(),
+        model: resolve_model(&args.model)?,
         train: args.train.clone(),
         laplace_data: args.laplace_data.clone(),
         source_eval: args.source_eval.clone(),
         target_eval: args.target_eval.clone(),
+        fields: args.fields.field.clone(),
     };
     let m = &args.methods;
     let config = SweepConfig {
@@ -155,6 +165,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     config.train.validate()?;
     config.laplace.validate()?;
     std::fs::create_dir_all(&args.out).map_err(|e| lalora::Error::io(&args.out, e))?;
+    write_json_atomic(&args.out.join("run.json"), flags)?;
     print_header();
     let result = sweep_files::<AB>(&files, &config, &lalora_backends::device(), print_row)?;
     result.write(&args.out)?;

@@ -5,13 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use lalora::data::lm_sequences_with_eos;
-use lalora::eval::load_eval_set;
+use lalora::data::lm_sequences_with;
+use lalora::eval::load_eval_set_with;
 use lalora::io::write_json_atomic;
 use lalora::train::{Penalty, TrainControl, TrainData};
 use lalora::{AdapterSource, LaLoRA, Tokenizer};
 
-use crate::cli::{LoraArgs, ModelArgs, OptimArgs, AB};
+use crate::cli::{DataArgs, Flags, LoraArgs, ModelArgs, OptimArgs, AB};
 
 /// How the adapters are regularised.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,9 +33,13 @@ pub struct TrainArgs {
     lora: LoraArgs,
     #[command(flatten)]
     optim: OptimArgs,
-    /// Training data (JSONL: `text`, or `prompt` + `completion` with the loss on the completion).
+    /// Training data, JSONL or parquet: `text`, `prompt` + `completion` (loss on the
+    /// completion), or `messages` rendered with the model's chat template (loss on the
+    /// assistant turns).
     #[arg(long)]
     data: PathBuf,
+    #[command(flatten)]
+    fields: DataArgs,
     /// The regulariser.
     #[arg(long, value_enum, default_value_t = Method::Lora)]
     method: Method,
@@ -60,13 +64,18 @@ pub struct TrainArgs {
     /// Seed of the adapter init, data order and dropout.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Run directory: adapter/, checkpoint/, config.json, log.jsonl, run.json, eval.json.
+    /// Run directory: adapter/, checkpoint/, config.json, log.jsonl, run.json (the resolved
+    /// flags: `--config RUN/run.json` repeats the run), eval.json.
     #[arg(long)]
     out: PathBuf,
+    /// Read flags from JSON or YAML files (keys are flag names); flags given here override
+    /// them. Repeat for several, later files override earlier ones.
+    #[arg(long)]
+    config: Vec<PathBuf>,
 }
 
 /// Runs `lalora train`.
-pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+pub fn run(args: TrainArgs, flags: &Flags) -> anyhow::Result<()> {
     let device = lalora_backends::device();
     let penalty = match args.method {
         Method::Lora => Penalty::None,
@@ -79,24 +88,21 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         (None, Some(adapter)) => AdapterSource::Peft(adapter.clone()),
         (None, None) => AdapterSource::Fresh(args.lora.config(args.seed)),
     };
-    let tokenizer = Tokenizer::from_dir(&args.model.model)?;
-    let lalora = LaLoRA::<AB>::load(&args.model.model, adapters, &device).with_context(|| format!("loading {}", args.model.model.display()))?;
+    let model_dir = args.model.dir()?;
+    let tokenizer = Tokenizer::from_dir(&model_dir)?;
+    let chat = DataArgs::chat_template(&model_dir)?;
+    let lalora = LaLoRA::<AB>::load(&model_dir, adapters, &device).with_context(|| format!("loading {}", model_dir.display()))?;
     if let Some(meta) = lalora.prior.as_ref().and_then(|p| p.meta.as_ref()) {
         eprintln!("prior: {} ({} Fisher) on {} tokens, delta {}", meta.curvature.name(), meta.fisher, meta.tokens, meta.prior_precision);
     }
     let eos = lalora.model.config.eos_token_ids.first().copied();
-    let sequences = lm_sequences_with_eos(&args.data, &tokenizer, args.optim.max_len, eos)?;
-    let eval_sets = args.eval.iter().map(|p| load_eval_set(p, &tokenizer, args.optim.max_len)).collect::<lalora::Result<Vec<_>>>()?;
+    let read = args.fields.options(args.optim.max_len, eos, chat.as_ref());
+    let sequences = lm_sequences_with(&args.data, &tokenizer, &read)?;
+    let eval_sets = args.eval.iter().map(|p| load_eval_set_with(p, &tokenizer, &read)).collect::<lalora::Result<Vec<_>>>()?;
     let config = args.optim.train_config(penalty, args.seed, args.checkpoint_every, args.optim.batch_size, 64);
     config.validate()?;
     if !args.resume {
-        write_json_atomic(
-            &args.out.join("run.json"),
-            &serde_json::json!({
-                "model": args.model.model, "data": args.data, "laplace": args.laplace, "adapter": args.model.adapter, "eval": args.eval,
-                "backend": lalora_backends::NAME, "lalora_version": env!("CARGO_PKG_VERSION"),
-            }),
-        )?;
+        write_json_atomic(&args.out.join("run.json"), flags)?;
     }
     let data = TrainData { sequences: &sequences, eval_sets: &eval_sets, tokenizer: &tokenizer };
     let control = TrainControl { run_dir: Some(args.out.clone()), resume: args.resume, stop_after: args.stop_after, progress: true };
