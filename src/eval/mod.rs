@@ -71,7 +71,7 @@ impl EvalSet {
 /// Knobs of evaluation.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
-    /// Sequences per forward pass (text and multiple choice).
+    /// Sequences per forward pass (text and multiple choice), prompts decoded together (generation).
     pub batch_size: usize,
     /// Token limit per scored sequence; longer ones lose tokens from the left.
     pub max_len: usize,

@@ -9,8 +9,8 @@ mod load;
 mod model;
 mod rope;
 
-pub use cache::KvCache;
+pub use cache::{KvCache, LayerCache};
 pub use config::{HfLlamaConfig, LlamaConfig, RopeScaling};
 pub use load::{module_path, unfreeze_all};
-pub use model::{Attention, DecoderLayer, ForwardOptions, Llama, Mlp, RmsNorm};
-pub use rope::{inverse_frequencies, RopeTables};
+pub use model::{attention_bias, Attention, AttentionTables, DecoderLayer, ForwardOptions, Llama, Mlp, RmsNorm, MASKED};
+pub use rope::{inverse_frequencies, RopeCache, RopeTables};

@@ -21,7 +21,8 @@ pub struct EvalArgs {
     /// + `label` -> acc and acc_norm; `prompt` + `answer` -> accuracy of greedy generation.
     #[arg(long, required = true)]
     data: Vec<PathBuf>,
-    /// Sequences per forward pass. Padding does not change the numbers.
+    /// Sequences per forward pass (generation: prompts decoded together). Padding does not
+    /// change the numbers.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     /// Keep at most this many tokens of each text (BOS included).
