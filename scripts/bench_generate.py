@@ -24,6 +24,10 @@ one process, for each --batch-size given, after one untimed warm-up batch. torch
     {"framework": "transformers", "batch": 8, "seconds": ..., "accuracy": ..., "items": ...,
      "merged": false, "threads": ..., "generated_tokens": ...}
 
+On a shared 2-core machine, compare at --threads 1 as well: with 2 threads and other
+processes running, torch's OpenMP workers spin-wait for each other and each tiny op gets
+10-30x slower (measured here: batch 8 took 28-75 s at 2 threads, 2.7-3.3 s at 1).
+
 --merge folds the adapter into the base weights first (peft merge_and_unload): the same
 function with one matmul per projection, as lalora's evaluation does.
 

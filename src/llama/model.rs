@@ -22,7 +22,8 @@ pub struct ForwardOptions<'a, B: Backend> {
     /// Read and extend a KV cache (generation).
     pub cache: Option<&'a mut KvCache<B>>,
     /// RoPE tables and attention bias built by the caller (per-row positions of a left-padded
-    /// batch); `None` builds them from the key mask and the cache length.
+    /// batch; the key mask is then not read); `None` builds them from the key mask and the
+    /// cache length.
     pub tables: Option<&'a AttentionTables<B>>,
 }
 
