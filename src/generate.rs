@@ -1,9 +1,16 @@
-//! Text generation: greedy decoding or temperature/top-p sampling, with or without KV cache.
+//! Text generation: greedy decoding or temperature/top-p sampling, with or without KV cache,
+//! one prompt or a batch.
+
+mod batch;
+mod prepare;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{RngExt, SeedableRng};
 
-use crate::llama::{ForwardOptions, KvCache, Llama};
+pub use batch::generate_batch;
+pub use prepare::decoding_model;
+
+use crate::llama::{ForwardOptions, Llama};
 use crate::KernelBackend;
 
 /// How to pick the next token.
@@ -30,32 +37,30 @@ impl Default for SamplingConfig {
 /// Generates up to `max_new_tokens` after `prompt`, stopping after any token in `stop`.
 /// Returns the new tokens only (a stop token, if reached, included).
 ///
+/// With the cache this is [`generate_batch`] on one prompt; without it, every step runs the
+/// whole sequence again (slow; a check on the cache).
+///
 /// # Panics
 /// If `prompt` is empty.
 pub fn generate<B: KernelBackend>(model: &Llama<B>, prompt: &[u32], config: &SamplingConfig, stop: &[u32]) -> Vec<u32> {
     assert!(!prompt.is_empty(), "generation needs a non-empty prompt");
+    if config.use_cache {
+        return generate_batch(model, &[prompt], config, stop).pop().expect("one row");
+    }
     let device = model.embed_tokens.device();
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
-    let mut cache = KvCache::new(model.layers.len());
     let mut tokens: Vec<u32> = prompt.to_vec();
     let mut generated = Vec::new();
-    let mut fresh: Vec<u32> = prompt.to_vec(); // tokens the model has not seen yet
     for _ in 0..config.max_new_tokens {
-        let input: Vec<i64> = if config.use_cache { &fresh } else { &tokens }.iter().map(|&t| t as i64).collect();
+        let input: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
         let len = input.len();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(input, [1, len]), &device);
-        let options = if config.use_cache {
-            ForwardOptions { cache: Some(&mut cache), ..Default::default() }
-        } else {
-            ForwardOptions::default()
-        };
-        let hidden = model.hidden_states(ids, None, options);
+        let hidden = model.hidden_states(ids, None, ForwardOptions::default());
         let last = hidden.narrow(1, len - 1, 1); // [1, 1, hidden]
         let logits: Vec<f32> = model.logits(last).into_data().convert::<f32>().to_vec().expect("f32 data");
         let next = pick(&logits, config, &mut rng);
         tokens.push(next);
         generated.push(next);
-        fresh = vec![next];
         if stop.contains(&next) {
             break;
         }

@@ -5,7 +5,7 @@
 use super::EvalOptions;
 use crate::data::Record;
 use crate::error::Result;
-use crate::generate::{generate, SamplingConfig};
+use crate::generate::{decoding_model, generate_batch, SamplingConfig};
 use crate::llama::Llama;
 use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
@@ -74,7 +74,9 @@ pub fn answers_match(extracted: &str, expected: &str) -> bool {
 }
 
 /// Fraction of items whose greedy generation contains the right answer. Decoding stops at an
-/// end-of-sequence token or after the first line.
+/// end-of-sequence token or after the first line. Items are decoded `options.batch_size` at a
+/// time, grouped by prompt length to keep padding small, on a [`decoding_model`] copy of
+/// `model` (adapters merged); the answers equal one-by-one decoding.
 pub fn score_generation<B: KernelBackend>(
     model: &Llama<B>,
     tokenizer: &Tokenizer,
@@ -88,15 +90,22 @@ pub fn score_generation<B: KernelBackend>(
     if newline.len() == 1 {
         stop.push(newline[0]);
     }
+    let keep = options.max_len.saturating_sub(options.max_new_tokens).max(1);
+    let prompts: Vec<&[u32]> = items.iter().map(|item| &item.prompt[item.prompt.len().saturating_sub(keep)..]).collect();
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| prompts[i].len());
+    let model = decoding_model(model);
     let mut correct = 0;
-    for item in items {
-        let prompt = &item.prompt[item.prompt.len().saturating_sub(options.max_len.saturating_sub(options.max_new_tokens).max(1))..];
-        let output = generate(model, prompt, &config, &stop);
-        let text = tokenizer.decode(&output)?;
-        if extract_answer(&text).is_some_and(|a| answers_match(&a, &item.answer)) {
-            correct += 1;
+    for chunk in order.chunks(options.batch_size.max(1)) {
+        let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i]).collect();
+        let outputs = generate_batch(&model, &batch, &config, &stop);
+        for (&i, output) in chunk.iter().zip(&outputs) {
+            let text = tokenizer.decode(output)?;
+            if extract_answer(&text).is_some_and(|a| answers_match(&a, &items[i].answer)) {
+                correct += 1;
+            }
         }
-        progress.inc(1);
+        progress.inc(chunk.len() as u64);
     }
     Ok(correct as f64 / items.len().max(1) as f64)
 }

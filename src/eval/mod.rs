@@ -71,7 +71,7 @@ impl EvalSet {
 /// Knobs of evaluation.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
-    /// Sequences per forward pass (text and multiple choice).
+    /// Sequences per forward pass (text and multiple choice), prompts decoded together (generation).
     pub batch_size: usize,
     /// Token limit per scored sequence: text keeps its first `max_len` tokens; a choice's
     /// context and a generation prompt lose tokens from the left (the end is what is scored).

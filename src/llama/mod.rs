@@ -10,9 +10,9 @@ mod model;
 mod projection;
 mod rope;
 
-pub use cache::KvCache;
+pub use cache::{KvCache, LayerCache};
 pub use config::{HfLlamaConfig, LlamaConfig, RopeScaling};
 pub use load::unfreeze_all;
-pub use model::{Attention, DecoderLayer, ForwardOptions, Llama, Mlp, RmsNorm};
+pub use model::{attention_bias, Attention, AttentionTables, DecoderLayer, ForwardOptions, Llama, Mlp, RmsNorm, MASKED};
 pub use projection::Projection;
-pub use rope::{inverse_frequencies, RopeTables};
+pub use rope::{inverse_frequencies, RopeCache, RopeTables};

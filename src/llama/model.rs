@@ -8,7 +8,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
-use super::cache::KvCache;
+use super::cache::{KvCache, LayerCache};
 use super::config::LlamaConfig;
 use super::projection::Projection;
 use super::rope::{inverse_frequencies, RopeTables};
@@ -23,11 +23,15 @@ pub struct ForwardOptions<'a, B: Backend> {
     pub taps: Option<&'a mut Vec<AdapterTap<B>>>,
     /// Read and extend a KV cache (generation).
     pub cache: Option<&'a mut KvCache<B>>,
+    /// RoPE tables and attention bias built by the caller (per-row positions of a left-padded
+    /// batch; the key mask is then not read); `None` builds them from the key mask and the
+    /// cache length.
+    pub tables: Option<&'a AttentionTables<B>>,
 }
 
 impl<B: Backend> Default for ForwardOptions<'_, B> {
     fn default() -> Self {
-        ForwardOptions { train: false, taps: None, cache: None }
+        ForwardOptions { train: false, taps: None, cache: None, tables: None }
     }
 }
 
@@ -72,12 +76,12 @@ pub struct Attention<B: Backend> {
 impl<B: KernelBackend> Attention<B> {
     /// # Shapes
     /// - x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
-    /// - bias: `[batch or 1, 1, groups * seq, past + seq]`, from [`attention_bias`]
+    /// - bias: `[batch, kv_heads, groups * seq, past + seq]`, from [`attention_bias`]
     fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &AttentionTables<B>,
-        cache: Option<&mut (Option<Tensor<B, 4>>, Option<Tensor<B, 4>>)>,
+        cache: Option<&mut LayerCache<B>>,
         train: bool,
         mut taps: Option<&mut Vec<AdapterTap<B>>>,
     ) -> Tensor<B, 3> {
@@ -92,13 +96,8 @@ impl<B: KernelBackend> Attention<B> {
         let mut k = rope.k.apply(k.reshape([batch, seq, kvh, d])); // [batch, seq, kvh, d]
         let mut v = v.reshape([batch, seq, kvh, d]);
 
-        if let Some((cached_k, cached_v)) = cache {
-            if let (Some(pk), Some(pv)) = (cached_k.take(), cached_v.take()) {
-                k = Tensor::cat(vec![pk, k], 1); // [batch, past + seq, kvh, d]
-                v = Tensor::cat(vec![pv, v], 1);
-            }
-            *cached_k = Some(k.clone());
-            *cached_v = Some(v.clone());
+        if let Some(cache) = cache {
+            (k, v) = cache.append(k, v); // [batch, past + seq, kvh, d]
         }
 
         // Grouped-query attention without repeating k and v: the `groups` query heads that
@@ -129,7 +128,7 @@ pub struct AttentionTables<B: Backend> {
 
 /// The value added to the scores of forbidden query-key pairs: finite, so a row with no
 /// allowed key (an all-padding row) cannot produce NaN.
-const MASKED: f32 = -1e9;
+pub const MASKED: f32 = -1e9;
 
 /// Additive attention bias: 0 where query i (at position `past + i`) may see key j (causal,
 /// and key j is a real token per `key_mask`, true = real), [`MASKED`] elsewhere. Rows are laid
@@ -267,23 +266,27 @@ impl<B: KernelBackend> Llama<B> {
         key_mask: Option<Tensor<B, 2, Bool>>,
         options: ForwardOptions<'_, B>,
     ) -> Tensor<B, 3> {
-        let ForwardOptions { train, mut taps, mut cache } = options;
+        let ForwardOptions { train, mut taps, mut cache, tables } = options;
         let [batch, seq] = input_ids.dims();
         let device = input_ids.device();
         let start = cache.as_ref().map_or(0, |c| c.len());
-        let tables = self.attention_tables(key_mask.as_ref(), batch, seq, start, &device);
+        let built;
+        let tables = match tables {
+            Some(tables) => tables,
+            None => {
+                built = self.attention_tables(key_mask.as_ref(), batch, seq, start, &device);
+                &built
+            }
+        };
 
         let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), input_ids); // [batch, seq, hidden]
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
             let attn_in = layer.input_layernorm.forward(x.clone());
-            let attn = layer.self_attn.forward(attn_in, &tables, layer_cache, train, taps.as_deref_mut());
+            let attn = layer.self_attn.forward(attn_in, tables, layer_cache, train, taps.as_deref_mut());
             x = x + attn;
             let mlp_in = layer.post_attention_layernorm.forward(x.clone());
             x = x.clone() + layer.mlp.forward(mlp_in, train, taps.as_deref_mut());
-        }
-        if let Some(c) = cache {
-            c.advance(seq);
         }
         self.norm.forward(x)
     }
@@ -318,7 +321,9 @@ impl<B: Backend> Llama<B> {
     /// # Shapes
     /// - hidden: `[batch, seq, hidden]` -> `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        burn::tensor::module::linear(hidden, self.head_weight().transpose(), None)
+        // Not `module::linear(hidden, w.transpose())`: it reshapes the transposed view, which
+        // copies the whole `[vocab, hidden]` head at every call on the CPU backends.
+        crate::lora::linear(hidden, self.head_weight())
     }
 
     /// The LM head's weight, `[vocab, hidden]` (the embedding matrix when tied).

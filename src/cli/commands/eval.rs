@@ -23,7 +23,8 @@ pub struct EvalArgs {
     data: Vec<PathBuf>,
     #[command(flatten)]
     fields: DataArgs,
-    /// Sequences per forward pass. Padding does not change the numbers.
+    /// Sequences per forward pass (generation: prompts decoded together). Padding does not
+    /// change the numbers.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     /// Keep at most this many tokens of each text (BOS included).
