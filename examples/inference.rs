@@ -24,7 +24,13 @@ fn main() -> lalora::Result<()> {
     // The base model with the adapter applied (no autodiff: inference only).
     let tokenizer = Tokenizer::from_dir(model_dir)?;
     let model = LaLoRA::<B>::load(model_dir, AdapterSource::Peft(adapter.clone()), &device)?;
-    println!("{} with the adapter in {} (rank {}, {} targets)", model_dir.display(), adapter.display(), model.lora.rank, model.lora.targets.len());
+    println!(
+        "{} with the adapter in {} (rank {}, {} targets)",
+        model_dir.display(),
+        adapter.display(),
+        model.lora.rank,
+        model.lora.targets.len()
+    );
 
     // Greedy generation.
     let question = "Velmora has 12 coins. It gets 4 more. How many coins does Velmora have now?\nAnswer:";

@@ -21,7 +21,8 @@ use lalora::{TrainConfig, TrainControl, TrainData};
 type B = lalora_backends::AutodiffBackend;
 
 fn main() -> lalora::Result<()> {
-    let (steps, out) = (flag("--steps").map_or(40, |s| s.parse().expect("--steps N")), PathBuf::from(flag("--out").unwrap_or("runs/quickstart".into())));
+    let (steps, out) =
+        (flag("--steps").map_or(40, |s| s.parse().expect("--steps N")), PathBuf::from(flag("--out").unwrap_or("runs/quickstart".into())));
     let (model_dir, data) = (Path::new("models/tiny"), Path::new("models/tiny/data"));
     let device = lalora_backends::device();
     let tokenizer = Tokenizer::from_dir(model_dir)?;

@@ -92,8 +92,7 @@ impl ChatTemplate {
     /// Special tokens come from `tokenizer_config.json`.
     pub fn from_model_dir(dir: &Path) -> Result<Option<Self>> {
         let config_path = dir.join("tokenizer_config.json");
-        let config: Option<TokenizerConfig> =
-            if config_path.is_file() { Some(crate::io::read_json(&config_path)?) } else { None };
+        let config: Option<TokenizerConfig> = if config_path.is_file() { Some(crate::io::read_json(&config_path)?) } else { None };
         let jinja = dir.join("chat_template.jinja");
         let (source, path) = if jinja.is_file() {
             (std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?, jinja)
@@ -105,9 +104,12 @@ impl ChatTemplate {
         };
         let mut special_tokens = BTreeMap::new();
         if let Some(config) = config {
-            for (name, token) in
-                [("bos_token", config.bos_token), ("eos_token", config.eos_token), ("pad_token", config.pad_token), ("unk_token", config.unk_token)]
-            {
+            for (name, token) in [
+                ("bos_token", config.bos_token),
+                ("eos_token", config.eos_token),
+                ("pad_token", config.pad_token),
+                ("unk_token", config.unk_token),
+            ] {
                 if let Some(token) = token {
                     special_tokens.insert(name.to_string(), token.text());
                 }
@@ -458,9 +460,11 @@ mod tests {
 
     #[test]
     fn python_methods_raise_exception_and_tojson_work_like_transformers() {
-        let t = template("{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}\
+        let t = template(
+            "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}\
                           {{ messages[0].content.strip().upper() }}|{{ messages[0].content.startswith(' a') }}|\
-                          {{ {'a': [1, 'é'], 'b': none} | tojson }}|{{ [1, 2] | tojson(indent=2) }}");
+                          {{ {'a': [1, 'é'], 'b': none} | tojson }}|{{ [1, 2] | tojson(indent=2) }}",
+        );
         assert_eq!(t.render(&chat(&[("user", " ab ")]), false).unwrap(), "AB|True|{\"a\": [1, \"é\"], \"b\": null}|[\n  1,\n  2\n]");
         let e = t.render(&chat(&[("system", "x")]), false).unwrap_err().to_string();
         assert!(e.contains("test.jinja") && e.contains("first must be user"), "{e}");
@@ -469,8 +473,10 @@ mod tests {
     #[test]
     fn templates_that_rewrite_earlier_turns_are_reported() {
         // Drops earlier assistant turns when rendering later ones (as some reasoning templates do).
-        let t = template("{% for m in messages %}{% if m.role == 'user' or loop.last %}[{{ m.role }}]{{ m.content }}{% endif %}{% endfor %}\
-                          {% if add_generation_prompt %}[assistant]{% endif %}");
+        let t = template(
+            "{% for m in messages %}{% if m.role == 'user' or loop.last %}[{{ m.role }}]{{ m.content }}{% endif %}{% endfor %}\
+                          {% if add_generation_prompt %}[assistant]{% endif %}",
+        );
         let messages = chat(&[("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d")]);
         let e = t.assistant_spans(&messages).unwrap_err().to_string();
         assert!(e.contains("prefix by prefix") && e.contains("turn 1"), "{e}");
@@ -480,7 +486,10 @@ mod tests {
     fn generation_tags_become_no_ops_with_their_whitespace_markers() {
         assert_eq!(without_generation_tags("a{%- generation -%}b{% endgeneration %}c"), "a{%- if true -%}b{% endif %}c");
         assert_eq!(without_generation_tags("{% if x %}{{ '%}' }}{% endif %}"), "{% if x %}{{ '%}' }}{% endif %}");
-        assert!(ChatTemplate::new("{% if %}", BTreeMap::new(), "bad.json".into()).unwrap_err().to_string().contains("bad.json: field `chat_template`: not a valid Jinja template"));
+        assert!(ChatTemplate::new("{% if %}", BTreeMap::new(), "bad.json".into())
+            .unwrap_err()
+            .to_string()
+            .contains("bad.json: field `chat_template`: not a valid Jinja template"));
     }
 
     #[test]

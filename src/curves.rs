@@ -110,12 +110,20 @@ impl RunLog {
     }
 }
 
-/// One panel: a title and, per run, named series of (step, value) points.
+/// One line of a panel: (step, value) points drawn in one colour under one label.
+struct Series {
+    /// Colour index: one per run, or one per set in the eval panels (a run has several).
+    colour: usize,
+    label: String,
+    points: Vec<(f64, f64)>,
+    /// Draw a marker at every point (sparse eval points) as well as the line.
+    markers: bool,
+}
+
+/// One panel: a title and its series.
 struct Panel {
     title: &'static str,
-    /// (colour index, label, points, markers): one colour per run, or per series in the eval
-    /// panels, where a run has several sets.
-    series: Vec<(usize, String, Vec<(f64, f64)>, bool)>,
+    series: Vec<Series>,
     scientific: bool,
 }
 
@@ -129,12 +137,12 @@ fn panels(runs: &[RunLog]) -> Vec<Panel> {
         let steps = |f: &dyn Fn(&StepPoint) -> Option<f64>| -> Vec<(f64, f64)> {
             run.steps.iter().filter_map(|s| f(s).filter(|v| v.is_finite()).map(|v| (s.step, v))).collect()
         };
-        nll.series.push((r, run.name.clone(), steps(&|s| Some(s.nll)), false));
+        nll.series.push(Series { colour: r, label: run.name.clone(), points: steps(&|s| Some(s.nll)), markers: false });
         let p = steps(&|s| s.penalty);
         if p.iter().any(|(_, v)| *v != 0.0) {
-            penalty.series.push((r, run.name.clone(), p, false));
+            penalty.series.push(Series { colour: r, label: run.name.clone(), points: p, markers: false });
         }
-        lr.series.push((r, run.name.clone(), steps(&|s| s.lr), false));
+        lr.series.push(Series { colour: r, label: run.name.clone(), points: steps(&|s| s.lr), markers: false });
         let mut sets: Vec<&str> = run.evals.iter().map(|e| e.set.as_str()).collect();
         sets.sort();
         sets.dedup();
@@ -144,10 +152,10 @@ fn panels(runs: &[RunLog]) -> Vec<Panel> {
             let label = if runs.len() > 1 { format!("{}: {set}", run.name) } else { set.to_string() };
             let panel = if points[0].metric == "nll_per_token" { &mut eval_nll } else { &mut accuracy };
             let colour = panel.series.len();
-            panel.series.push((colour, label, xy, true));
+            panel.series.push(Series { colour, label, points: xy, markers: true });
         }
     }
-    [nll, penalty, lr, accuracy, eval_nll].into_iter().filter(|p| p.series.iter().any(|s| !s.2.is_empty())).collect()
+    [nll, penalty, lr, accuracy, eval_nll].into_iter().filter(|p| p.series.iter().any(|s| !s.points.is_empty())).collect()
 }
 
 /// Draws the curves of `runs` (one colour per run) and writes `svg` and `png`, each through a
@@ -166,11 +174,9 @@ pub fn write_curves(runs: &[RunLog], svg: &Path, png: &Path) -> io::Result<()> {
     })?;
     // The bitmap backend picks the encoder from the extension, so keep ".png" last.
     let png_tmp: PathBuf = png.with_extension("tmp.png");
-    draw(&panels, BitMapBackend::new(&png_tmp, size).into_drawing_area())
-        .and_then(|()| fs::rename(&png_tmp, png))
-        .inspect_err(|_| {
-            let _ = fs::remove_file(&png_tmp);
-        })
+    draw(&panels, BitMapBackend::new(&png_tmp, size).into_drawing_area()).and_then(|()| fs::rename(&png_tmp, png)).inspect_err(|_| {
+        let _ = fs::remove_file(&png_tmp);
+    })
 }
 
 fn draw<DB: DrawingBackend>(panels: &[Panel], root: DrawingArea<DB, Shift>) -> io::Result<()> {
@@ -185,8 +191,11 @@ fn draw<DB: DrawingBackend>(panels: &[Panel], root: DrawingArea<DB, Shift>) -> i
     result.map_err(|e| io::Error::other(format!("drawing the curves: {e}")))
 }
 
-fn draw_panel<DB: DrawingBackend>(panel: &Panel, area: &DrawingArea<DB, Shift>) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-    let points = || panel.series.iter().flat_map(|s| s.2.iter());
+fn draw_panel<DB: DrawingBackend>(
+    panel: &Panel,
+    area: &DrawingArea<DB, Shift>,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let points = || panel.series.iter().flat_map(|s| s.points.iter());
     let x_range = padded_range(points().map(|p| p.0));
     let y_range = padded_range(points().map(|p| p.1));
     let mut chart = ChartBuilder::on(area)
@@ -205,7 +214,7 @@ fn draw_panel<DB: DrawingBackend>(panel: &Panel, area: &DrawingArea<DB, Shift>) 
         .y_label_formatter(&|v| if scientific { format!("{v:.1e}") } else { format!("{v:.3}") })
         .light_line_style(RGBColor(235, 235, 235))
         .draw()?;
-    for (colour, label, xy, markers) in &panel.series {
+    for Series { colour, label, points: xy, markers } in &panel.series {
         let colour = COLOURS[colour % COLOURS.len()];
         let line = colour.stroke_width(2);
         chart
@@ -242,11 +251,14 @@ mod tests {
             let nll = 3.0 / (step as f64).sqrt();
             lines.push(serde_json::json!({"step": step, "nll": nll, "penalty": penalty * step as f64, "lr": 1e-3 * (1.0 - step as f64 / steps as f64), "grad_norm": 1.0, "ms": 5.0}).to_string());
             if step % 5 == 0 {
-                lines.push(serde_json::json!({"step": step, "eval": [
-                    {"name": "arith", "kind": "generation", "items": 10, "metrics": {"accuracy": step as f64 / steps as f64}},
-                    {"name": "facts", "kind": "multiple-choice", "items": 10, "metrics": {"acc": 0.9, "acc_norm": 0.8}},
-                    {"name": "wiki", "kind": "text", "items": 3, "metrics": {"nll_per_token": 2.5, "perplexity": 12.2}},
-                ]}).to_string());
+                lines.push(
+                    serde_json::json!({"step": step, "eval": [
+                        {"name": "arith", "kind": "generation", "items": 10, "metrics": {"accuracy": step as f64 / steps as f64}},
+                        {"name": "facts", "kind": "multiple-choice", "items": 10, "metrics": {"acc": 0.9, "acc_norm": 0.8}},
+                        {"name": "wiki", "kind": "text", "items": 3, "metrics": {"nll_per_token": 2.5, "perplexity": 12.2}},
+                    ]})
+                    .to_string(),
+                );
             }
         }
         lines
@@ -263,7 +275,15 @@ mod tests {
         let (svg, png) = (out.join("curves.svg"), out.join("curves.png"));
         write_curves(&[lora, lalora], &svg, &png).unwrap();
         let text = fs::read_to_string(&svg).unwrap();
-        for needle in ["training NLL per token", "penalty", "learning rate", "eval accuracy", "eval NLL per token", "lora: arith", "lalora-kfac: facts"] {
+        for needle in [
+            "training NLL per token",
+            "penalty",
+            "learning rate",
+            "eval accuracy",
+            "eval NLL per token",
+            "lora: arith",
+            "lalora-kfac: facts",
+        ] {
             assert!(text.contains(needle), "SVG lacks {needle}");
         }
         let bytes = fs::read(&png).unwrap();

@@ -48,7 +48,12 @@ impl Default for DemoConfig {
             steps: 300,
             lr: 5e-3,
             init: LoraInit::Offset,
-            methods: vec![SweepPenalty::Lora, SweepPenalty::L2, SweepPenalty::Laplace(Estimator::Diag), SweepPenalty::Laplace(Estimator::Kfac)],
+            methods: vec![
+                SweepPenalty::Lora,
+                SweepPenalty::L2,
+                SweepPenalty::Laplace(Estimator::Diag),
+                SweepPenalty::Laplace(Estimator::Kfac),
+            ],
             lambdas: vec![1.0, 10.0],
             l2_lambdas: vec![0.1, 1.0],
             seed: 0,
@@ -60,7 +65,12 @@ impl DemoConfig {
     /// The sweep the demo runs: rank 8 on all seven projections, batch 16 x 128 tokens,
     /// cosine schedule with 20 warmup steps, priors on two batches of 16 per source skill.
     pub fn sweep(&self) -> SweepConfig {
-        let lora = LoraConfig::new().with_rank(8).with_alpha(16.0).with_targets(Projection::ALL.to_vec()).with_init(self.init).with_seed(self.seed);
+        let lora = LoraConfig::new()
+            .with_rank(8)
+            .with_alpha(16.0)
+            .with_targets(Projection::ALL.to_vec())
+            .with_init(self.init)
+            .with_seed(self.seed);
         let max_len = 128;
         let train = TrainConfig::new()
             .with_optimizer(OptimizerConfig::new().with_weight_decay(0.01).with_clip(Some(1.0)))
@@ -151,8 +161,11 @@ pub fn reading(result: &SweepResult) -> String {
         text += &format!(" The largest frontier area is {}'s ({:.3}).", best.method, best.hypervolume);
     }
     for s in summary.iter().filter(|s| s.method.starts_with("lalora")) {
-        let others: Vec<&str> =
-            summary.iter().filter(|o| !o.method.starts_with("lalora") && o.hypervolume > s.hypervolume).map(|o| o.method.as_str()).collect();
+        let others: Vec<&str> = summary
+            .iter()
+            .filter(|o| !o.method.starts_with("lalora") && o.hypervolume > s.hypervolume)
+            .map(|o| o.method.as_str())
+            .collect();
         let mut rows: Vec<_> = result.rows.iter().filter(|r| r.method == s.method).collect();
         rows.sort_by(|a, b| a.lambda.unwrap_or(0.0).total_cmp(&b.lambda.unwrap_or(0.0)));
         let monotone = rows.windows(2).all(|w| w[1].source_score >= w[0].source_score - 1e-9);
@@ -162,7 +175,11 @@ pub fn reading(result: &SweepResult) -> String {
             100.0 * s.best.source_score,
             100.0 * s.best.target_score,
             s.best.lambda.map(|l| l.to_string()).unwrap_or_default(),
-            if others.is_empty() { "its frontier is not below any baseline's".to_string() } else { format!("its frontier is below {}'s", others.join(" and ")) },
+            if others.is_empty() {
+                "its frontier is not below any baseline's".to_string()
+            } else {
+                format!("its frontier is below {}'s", others.join(" and "))
+            },
             if monotone { "never falls" } else { "is not monotone" },
         );
     }

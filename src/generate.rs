@@ -69,9 +69,7 @@ pub fn generate<B: KernelBackend>(model: &Llama<B>, prompt: &[u32], config: &Sam
 }
 
 fn pick(logits: &[f32], config: &SamplingConfig, rng: &mut rand::rngs::StdRng) -> u32 {
-    let argmax = || {
-        logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0 as u32
-    };
+    let argmax = || logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0 as u32;
     if config.temperature <= 0.0 {
         return argmax();
     }

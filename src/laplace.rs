@@ -317,7 +317,12 @@ impl<B: Backend> LaplacePrior<B> {
                 reason: format!("holds {} tensors, the model's adapters need {expected}", files.names().len()),
             });
         }
-        Ok(LaplacePrior { anchors: anchors_of(anchor_model), curvature: Some(curvature), prior_precision: meta.prior_precision, meta: Some(meta) })
+        Ok(LaplacePrior {
+            anchors: anchors_of(anchor_model),
+            curvature: Some(curvature),
+            prior_precision: meta.prior_precision,
+            meta: Some(meta),
+        })
     }
 }
 
@@ -451,7 +456,12 @@ pub fn fit<B: KernelAutodiffBackend>(
         lalora_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     // Statistics were summed on the inner backend (no graph); the prior lives on the model's.
-    let inner = LaplacePrior { anchors: anchors_of(&model.valid()), curvature: Some(acc.finish()), prior_precision: config.prior_precision, meta: Some(meta) };
+    let inner = LaplacePrior {
+        anchors: anchors_of(&model.valid()),
+        curvature: Some(acc.finish()),
+        prior_precision: config.prior_precision,
+        meta: Some(meta),
+    };
     let report = FitReport { tokens, batches: batches.len(), seconds: start.elapsed().as_secs_f64(), notes };
     Ok((LaplacePrior::from_inner(inner), report))
 }

@@ -43,13 +43,13 @@ pub mod sweep;
 pub mod tasks;
 
 pub use error::{Error, Result};
-pub use lalora_backends::{KernelAutodiffBackend, KernelBackend};
 pub use lalora::{AdapterSource, LaLoRA};
+pub use lalora_backends::{KernelAutodiffBackend, KernelBackend};
 pub use laplace::{LaplaceConfig, LaplacePrior, SourceData};
 pub use llama::{Llama, LlamaConfig, Projection};
 pub use lora::{LoraConfig, LoraInit, LoraLinear};
-pub use train::{Penalty, TrainConfig, TrainControl, TrainData};
 pub use tokenizer::Tokenizer;
+pub use train::{Penalty, TrainConfig, TrainControl, TrainData};
 
 // The README's Rust blocks are compiled as doctests, so its library example cannot rot.
 #[cfg(doctest)]

@@ -204,12 +204,7 @@ impl<B: Backend> LoraLinear<B> {
     ///
     /// # Shapes
     /// - x: `[batch, seq, d_in]` -> `[batch, seq, d_out]`
-    pub fn forward_with(
-        &self,
-        x: Tensor<B, 3>,
-        train: bool,
-        taps: Option<&mut Vec<AdapterTap<B>>>,
-    ) -> Tensor<B, 3> {
+    pub fn forward_with(&self, x: Tensor<B, 3>, train: bool, taps: Option<&mut Vec<AdapterTap<B>>>) -> Tensor<B, 3> {
         let base = linear(x.clone(), self.weight.val());
         let Some(adapter) = &self.adapter else { return base };
 
@@ -240,13 +235,7 @@ impl<B: Backend> LoraLinear<B> {
                 let z_probed = z.clone() + probe_z.clone();
                 let y = base + with_offset(linear(z_probed, scaled_b));
                 let probe_y = Tensor::zeros(y.shape(), &y.device()).require_grad();
-                taps.push(AdapterTap {
-                    path: adapter.path(),
-                    x: x.detach(),
-                    z: z.detach(),
-                    probe_y: probe_y.clone(),
-                    probe_z,
-                });
+                taps.push(AdapterTap { path: adapter.path(), x: x.detach(), z: z.detach(), probe_y: probe_y.clone(), probe_z });
                 y + probe_y
             }
         }
@@ -365,10 +354,7 @@ mod tests {
         let device = Default::default();
         let mut rng = InitRng::new(7);
         let w = tensor2::<TestBackend>(rng.normal(d_out * d_in, 0.5), [d_out, d_in], &device);
-        LoraLinear {
-            weight: frozen_param(w),
-            adapter: Some(init_adapter((0, Projection::Q), [d_out, d_in], config, &mut rng, &device)),
-        }
+        LoraLinear { weight: frozen_param(w), adapter: Some(init_adapter((0, Projection::Q), [d_out, d_in], config, &mut rng, &device)) }
     }
 
     fn input(d_in: usize) -> Tensor<TestBackend, 3> {

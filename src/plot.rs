@@ -55,14 +55,7 @@ pub struct ParetoSeries {
 ///
 /// Points with a non-finite coordinate are left out. Errors are I/O errors; a drawing
 /// failure is reported as [`io::ErrorKind::Other`].
-pub fn write_pareto(
-    series: &[ParetoSeries],
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    svg: &Path,
-    png: &Path,
-) -> io::Result<()> {
+pub fn write_pareto(series: &[ParetoSeries], title: &str, x_label: &str, y_label: &str, svg: &Path, png: &Path) -> io::Result<()> {
     register_font()?;
     let plot = Plot { series, title, x_label, y_label };
 
@@ -75,11 +68,9 @@ pub fn write_pareto(
 
     // The bitmap backend picks the encoder from the extension, so keep ".png" last.
     let png_tmp = png.with_extension("tmp.png");
-    plot.draw(BitMapBackend::new(&png_tmp, SIZE).into_drawing_area())
-        .and_then(|()| fs::rename(&png_tmp, png))
-        .inspect_err(|_| {
-            let _ = fs::remove_file(&png_tmp);
-        })
+    plot.draw(BitMapBackend::new(&png_tmp, SIZE).into_drawing_area()).and_then(|()| fs::rename(&png_tmp, png)).inspect_err(|_| {
+        let _ = fs::remove_file(&png_tmp);
+    })
 }
 
 /// `{path}.tmp`, a sibling of `path` to write before renaming.
@@ -111,16 +102,11 @@ struct Plot<'a> {
 impl Plot<'_> {
     /// Draws the whole plot on `root` and presents it (for a file backend: saves it).
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> io::Result<()> {
-        self.draw_chart(&root)
-            .and_then(|()| root.present())
-            .map_err(|e| io::Error::other(format!("drawing the plot: {e}")))
+        self.draw_chart(&root).and_then(|()| root.present()).map_err(|e| io::Error::other(format!("drawing the plot: {e}")))
     }
 
     /// The drawing itself, with plotters' error type.
-    fn draw_chart<DB: DrawingBackend>(
-        &self,
-        root: &DrawingArea<DB, Shift>,
-    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    fn draw_chart<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
         root.fill(&WHITE)?;
         let points = || self.series.iter().flat_map(finite_points);
         let x_range = padded_range(points().map(|p| p.target_score));
@@ -201,24 +187,12 @@ mod tests {
             points: scores
                 .iter()
                 .zip(labels)
-                .map(|(&(target_score, source_score), label)| ParetoPoint {
-                    source_score,
-                    target_score,
-                    label: label.into(),
-                })
+                .map(|(&(target_score, source_score), label)| ParetoPoint { source_score, target_score, label: label.into() })
                 .collect(),
         };
         vec![
-            series(
-                "LoRA",
-                [(0.05, 0.81), (0.32, 0.62), (0.48, 0.45), (0.55, 0.38)],
-                ["step 0", "step 100", "step 200", "step 300"],
-            ),
-            series(
-                "LaLoRA",
-                [(0.20, 0.80), (0.38, 0.76), (0.47, 0.70), (0.52, 0.61)],
-                ["λ=1000", "λ=100", "λ=10", "λ=1"],
-            ),
+            series("LoRA", [(0.05, 0.81), (0.32, 0.62), (0.48, 0.45), (0.55, 0.38)], ["step 0", "step 100", "step 200", "step 300"]),
+            series("LaLoRA", [(0.20, 0.80), (0.38, 0.76), (0.47, 0.70), (0.52, 0.61)], ["λ=1000", "λ=100", "λ=10", "λ=1"]),
         ]
     }
 
@@ -230,16 +204,13 @@ mod tests {
             .unwrap_or_else(|e| panic!("write_pareto: {e}"));
         let svg_text = fs::read_to_string(&svg).unwrap_or_default();
         assert!(svg_text.starts_with("<svg"), "{}", &svg_text[..svg_text.len().min(80)]);
-        for text in
-            ["Learning vs forgetting", "target accuracy", "source accuracy", "LoRA", "LaLoRA", "λ=1000", "step 300"]
-        {
+        for text in ["Learning vs forgetting", "target accuracy", "source accuracy", "LoRA", "LaLoRA", "λ=1000", "step 300"] {
             assert!(svg_text.contains(text), "SVG misses {text}");
         }
         let png_bytes = fs::read(&png).unwrap_or_default();
         assert!(png_bytes.len() > 10_000, "PNG has {} bytes", png_bytes.len());
         assert!(png_bytes.starts_with(b"\x89PNG\r\n\x1a\n"));
-        let names: Vec<_> =
-            fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect()).unwrap_or_default();
+        let names: Vec<_> = fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect()).unwrap_or_default();
         assert_eq!(names.len(), 2, "temporary files left behind: {names:?}");
         if let Ok(path) = std::env::var("PARETO_SAMPLE") {
             fs::copy(&png, path).unwrap_or_else(|e| panic!("copy sample: {e}"));

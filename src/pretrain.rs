@@ -141,7 +141,9 @@ pub fn pretrain<B: KernelAutodiffBackend>(
         let batch = Batch::new(&refs, &device);
         let one = Step { lr: options.schedule.lr_at(step), clip: options.optimizer.clip, head_grad: true, penalty: None, params: &params };
         let out;
-        (model, out) = one.run(model, &mut optim, vec![batch]).map_err(|e| Error::Numerical(format!("pretraining step {}: {e}; lower --lr", step + 1)))?;
+        (model, out) = one
+            .run(model, &mut optim, vec![batch])
+            .map_err(|e| Error::Numerical(format!("pretraining step {}: {e}; lower --lr", step + 1)))?;
         on_step(step + 1, out.loss);
         progress.inc(1);
         progress.message(format!("nll {:.3}", out.loss));
@@ -184,7 +186,11 @@ pub struct TinyModelReport {
 /// Builds the bundled tiny model from nothing: generates the tasks, trains a BPE tokenizer on
 /// their text, pretrains a small Llama on the source skills (all weights), and writes an HF
 /// model directory (`config.json`, `model.safetensors`, `tokenizer.json`, `pretrain.json`).
-pub fn build_tiny_model<B: KernelAutodiffBackend>(config: &TinyModelConfig, device: &B::Device, show_progress: bool) -> Result<TinyModelReport> {
+pub fn build_tiny_model<B: KernelAutodiffBackend>(
+    config: &TinyModelConfig,
+    device: &B::Device,
+    show_progress: bool,
+) -> Result<TinyModelReport> {
     B::seed(device, config.seed);
     let start = Instant::now();
     let sizes = if config.tiny_tasks { TaskSizes::tiny() } else { TaskSizes::default() };

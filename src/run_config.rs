@@ -36,8 +36,7 @@ pub fn read_config_file(path: &Path) -> Result<Map<String, Value>> {
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let value: Value = match extension.as_str() {
         "json" => serde_json::from_str(&text).map_err(|source| Error::Json { path: path.to_path_buf(), source })?,
-        "yaml" | "yml" => serde_saphyr::from_str(&text)
-            .map_err(|e| Error::config(path, "<document>", format!("malformed YAML: {e}")))?,
+        "yaml" | "yml" => serde_saphyr::from_str(&text).map_err(|e| Error::config(path, "<document>", format!("malformed YAML: {e}")))?,
         _ => {
             return Err(Error::config(
                 path,
@@ -119,12 +118,8 @@ pub fn resolved_config(sub: &Command, matches: &ArgMatches) -> Map<String, Value
             ArgAction::SetTrue | ArgAction::SetFalse => Value::Bool(matches.get_flag(id)),
             ArgAction::Count => Value::from(matches.get_count(id)),
             ArgAction::Set | ArgAction::Append => {
-                let raw: Vec<Value> = matches
-                    .get_raw(id)
-                    .into_iter()
-                    .flatten()
-                    .map(|v| Value::String(v.to_string_lossy().into_owned()))
-                    .collect();
+                let raw: Vec<Value> =
+                    matches.get_raw(id).into_iter().flatten().map(|v| Value::String(v.to_string_lossy().into_owned())).collect();
                 if takes_many(arg) {
                     Value::Array(raw)
                 } else {
@@ -343,7 +338,10 @@ mod tests {
         Ok(Cli::try_parse_from(expanded).unwrap_or_else(|e| panic!("clap: {e}")))
     }
 
-    fn train(cli: Cli) -> (String, f64, usize, bool, Vec<String>, Vec<PathBuf>, u8, Option<u64>) {
+    /// The fields of a parsed `train`, in declaration order.
+    type TrainFields = (String, f64, usize, bool, Vec<String>, Vec<PathBuf>, u8, Option<u64>);
+
+    fn train(cli: Cli) -> TrainFields {
         match cli.command {
             Cmd::Train { model, lr, max_len, rslora, targets, eval, verbose, seed, .. } => {
                 (model, lr, max_len, rslora, targets, eval, verbose, seed)
@@ -358,13 +356,15 @@ mod tests {
     #[test]
     fn yaml_and_json_files_set_every_kind_of_flag() {
         let yaml = scratch("run.yaml", YAML);
-        let (model, lr, max_len, rslora, targets, eval, verbose, seed) = train(parse(&["lalora", "train", "--config", yaml.to_str().unwrap()]).unwrap());
+        let (model, lr, max_len, rslora, targets, eval, verbose, seed) =
+            train(parse(&["lalora", "train", "--config", yaml.to_str().unwrap()]).unwrap());
         assert_eq!((model.as_str(), lr, max_len, rslora, verbose, seed), ("meta-llama/Llama-3.2-1B", 5e-3, 256, true, 2, None));
         assert_eq!(targets, ["q_proj", "k_proj", "v_proj"]);
         assert_eq!(eval, [PathBuf::from("a.jsonl"), PathBuf::from("b.jsonl")]);
 
         let json = scratch("run.json", r#"{"model": "m", "max-len": 64, "rslora": false, "targets": "o_proj"}"#);
-        let (model, lr, max_len, rslora, targets, ..) = train(parse(&["lalora", "train", &format!("--config={}", json.display())]).unwrap());
+        let (model, lr, max_len, rslora, targets, ..) =
+            train(parse(&["lalora", "train", &format!("--config={}", json.display())]).unwrap());
         assert_eq!((model.as_str(), lr, max_len, rslora), ("m", 1e-4, 64, false));
         assert_eq!(targets, ["o_proj"]);
     }
@@ -385,7 +385,8 @@ mod tests {
     #[test]
     fn the_resolved_config_reproduces_the_run() {
         let yaml = scratch("resolve.yaml", YAML);
-        let args = expand_config_args(&Cli::command(), os(&["lalora", "train", "--config", yaml.to_str().unwrap(), "--lr", "0.25"])).unwrap();
+        let args =
+            expand_config_args(&Cli::command(), os(&["lalora", "train", "--config", yaml.to_str().unwrap(), "--lr", "0.25"])).unwrap();
         let matches = Cli::command().try_get_matches_from(args).unwrap();
         let original = Cli::from_arg_matches(&matches).unwrap();
         let (name, sub_matches) = matches.subcommand().unwrap();
@@ -398,21 +399,24 @@ mod tests {
         assert!(!resolved.contains_key("config") && !resolved.contains_key("seed"), "{resolved:?}");
         let written = scratch("resolved.json", &serde_json::to_string_pretty(&resolved).unwrap());
         let again = parse(&["lalora", "train", "--config", written.to_str().unwrap()]).unwrap();
-        assert_eq!(again, Cli { command: match original.command {
-            Cmd::Train { config: _, model, lr, max_len, rslora, targets, eval, verbose, seed, data } => Cmd::Train {
-                config: vec![written.clone()], model, lr, max_len, rslora, targets, eval, verbose, seed, data,
-            },
-            other => other,
-        }});
+        assert_eq!(
+            again,
+            Cli {
+                command: match original.command {
+                    Cmd::Train { config: _, model, lr, max_len, rslora, targets, eval, verbose, seed, data } =>
+                        Cmd::Train { config: vec![written.clone()], model, lr, max_len, rslora, targets, eval, verbose, seed, data },
+                    other => other,
+                }
+            }
+        );
     }
 
     #[test]
     fn bad_files_name_the_file_and_the_key() {
         let err = |text: &str, name: &str| {
             let path = scratch(name, text);
-            let e = expand_config_args(&Cli::command(), os(&["lalora", "train", "--config", path.to_str().unwrap()]))
-                .unwrap_err()
-                .to_string();
+            let e =
+                expand_config_args(&Cli::command(), os(&["lalora", "train", "--config", path.to_str().unwrap()])).unwrap_err().to_string();
             assert!(e.contains(name), "{e}");
             e
         };

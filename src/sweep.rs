@@ -12,8 +12,8 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use serde::Serialize;
 
-use crate::curvature::Estimator;
 use crate::chat::ChatTemplate;
+use crate::curvature::Estimator;
 use crate::data::{lm_sequences_with, FieldMap, LmOptions, Sequence};
 use crate::error::Result;
 use crate::eval::{evaluate, load_eval_set_with, EvalScore, EvalSet};
@@ -182,7 +182,13 @@ pub fn sweep_files<B: KernelAutodiffBackend>(
     let laplace_sources = files.laplace_data.iter().map(|p| SourceData::read_with(p, &tokenizer, &read)).collect::<Result<Vec<_>>>()?;
     let load = |paths: &[PathBuf]| paths.iter().map(|p| load_eval_set_with(p, &tokenizer, &read)).collect::<Result<Vec<_>>>();
     let (source_evals, target_evals) = (load(&files.source_eval)?, load(&files.target_eval)?);
-    let data = SweepData { tokenizer: &tokenizer, train: &train, laplace_sources: &laplace_sources, source_evals: &source_evals, target_evals: &target_evals };
+    let data = SweepData {
+        tokenizer: &tokenizer,
+        train: &train,
+        laplace_sources: &laplace_sources,
+        source_evals: &source_evals,
+        target_evals: &target_evals,
+    };
     run_sweep(&start, &data, config, on_row)
 }
 
@@ -233,7 +239,8 @@ pub fn run_sweep<B: KernelAutodiffBackend>(
     let control = TrainControl { progress: config.progress, ..Default::default() };
     for method in &config.methods {
         let label = method.label();
-        let from_start = |prior: Option<&LaplacePrior<B>>| LaLoRA { model: start.model.clone(), lora: start.lora.clone(), prior: prior.cloned() };
+        let from_start =
+            |prior: Option<&LaplacePrior<B>>| LaLoRA { model: start.model.clone(), lora: start.lora.clone(), prior: prior.cloned() };
         if method.penalty == SweepPenalty::Lora {
             let clock = Instant::now();
             let every = (config.train.schedule.steps / config.lora_eval_points.max(1)).max(1);
@@ -267,11 +274,8 @@ pub fn run_sweep<B: KernelAutodiffBackend>(
 
 /// The points no other point of the same list beats on both axes.
 pub fn pareto_front(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
-    let mut front: Vec<(f64, f64)> = points
-        .iter()
-        .filter(|p| !points.iter().any(|q| q.0 >= p.0 && q.1 >= p.1 && (q.0 > p.0 || q.1 > p.1)))
-        .cloned()
-        .collect();
+    let mut front: Vec<(f64, f64)> =
+        points.iter().filter(|p| !points.iter().any(|q| q.0 >= p.0 && q.1 >= p.1 && (q.0 > p.0 || q.1 > p.1))).cloned().collect();
     front.sort_by(|a, b| a.0.total_cmp(&b.0));
     front.dedup();
     front
@@ -297,7 +301,9 @@ impl SweepResult {
     pub fn method_rows(&self, method: &str) -> Vec<&ResultRow> {
         let mut rows: Vec<&ResultRow> = self.rows.iter().filter(|r| r.method == method || r.method == "base").collect();
         let lambda = |r: &ResultRow| r.lambda.unwrap_or(f64::INFINITY);
-        rows.sort_by(|a, b| (b.method == "base").cmp(&(a.method == "base")).then(lambda(b).total_cmp(&lambda(a))).then(a.step.cmp(&b.step)));
+        rows.sort_by(|a, b| {
+            (b.method == "base").cmp(&(a.method == "base")).then(lambda(b).total_cmp(&lambda(a))).then(a.step.cmp(&b.step))
+        });
         rows
     }
 

@@ -26,8 +26,8 @@ impl Tokenizer {
         if !path.exists() {
             return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
         }
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), reason: e.to_string() })?;
+        let inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer { path: path.to_path_buf(), reason: e.to_string() })?;
         Ok(Tokenizer { inner, path: path.to_path_buf() })
     }
 
@@ -53,18 +53,13 @@ impl Tokenizer {
 
     /// Token ids of `text`; `special` says whether the post-processor's tokens are added.
     pub fn encode_with(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode(text, special)
-            .map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: e.to_string() })?;
+        let encoding = self.inner.encode(text, special).map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: e.to_string() })?;
         Ok(encoding.get_ids().to_vec())
     }
 
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: e.to_string() })
+        self.inner.decode(ids, true).map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: e.to_string() })
     }
 
     /// The id of a token, if the vocabulary has it.
@@ -97,11 +92,11 @@ pub const PAD: &str = "<|pad|>";
 pub fn train_bpe(texts: &[String], vocab_size: usize) -> Result<Tokenizer> {
     use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
     use tokenizers::models::bpe::{BpeTrainer, BPE};
+    use tokenizers::models::TrainerWrapper;
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
     use tokenizers::pre_tokenizers::digits::Digits;
     use tokenizers::pre_tokenizers::sequence::Sequence;
     use tokenizers::processors::template::TemplateProcessing;
-    use tokenizers::models::TrainerWrapper;
     use tokenizers::AddedToken;
 
     let path = PathBuf::from("<trained tokenizer>");

@@ -85,9 +85,8 @@ macro_rules! backend_cases {
                 }
                 let expected: serde_json::Value =
                     serde_json::from_str(&std::fs::read_to_string(fixture("llama/gqa/generate.json")).unwrap()).unwrap();
-                let ids = |key: &str| -> Vec<u32> {
-                    expected[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
-                };
+                let ids =
+                    |key: &str| -> Vec<u32> { expected[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect() };
                 let config = SamplingConfig { max_new_tokens: 8, ..Default::default() };
                 assert_eq!(generate(&model, &ids("prompt_ids"), &config, &[]), ids("generated_ids"));
             }

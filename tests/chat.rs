@@ -51,10 +51,8 @@ fn tracked_template() -> ChatTemplate {
         .as_str()
         .unwrap()
         .to_string();
-    let tokens: BTreeMap<String, String> = ["bos_token", "eos_token", "pad_token"]
-        .iter()
-        .map(|k| (k.to_string(), config[*k].as_str().unwrap().to_string()))
-        .collect();
+    let tokens: BTreeMap<String, String> =
+        ["bos_token", "eos_token", "pad_token"].iter().map(|k| (k.to_string(), config[*k].as_str().unwrap().to_string())).collect();
     ChatTemplate::new(&source, tokens, path).unwrap()
 }
 
@@ -105,12 +103,8 @@ fn the_loss_mask_equals_transformers_assistant_mask() {
         }
         // Masked tokens decode to the assistant replies with their end-of-turn tokens.
         let masked: Vec<u32> = ours.ids.iter().zip(&mask).filter(|(_, m)| **m).map(|(id, _)| *id).collect();
-        let replies: String = case
-            .messages
-            .iter()
-            .filter(|m| m.role == "assistant")
-            .map(|m| format!("{}<|eot_id|>", m.content.trim()))
-            .collect();
+        let replies: String =
+            case.messages.iter().filter(|m| m.role == "assistant").map(|m| format!("{}<|eot_id|>", m.content.trim())).collect();
         assert_eq!(tokenizer.inner().decode(&masked, false).unwrap(), replies);
     }
     assert_eq!(compared, 1);

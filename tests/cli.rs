@@ -23,9 +23,14 @@ fn workspace(name: &str) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     let model = copy_fixture("llama/gqa", name);
     std::fs::copy(fixture("tokenizer/tokenizer.json"), model.join("tokenizer.json")).unwrap();
     let source = model.join("source.jsonl");
-    std::fs::write(&source, (0..12).map(|i| format!("{{\"text\": \"The quick brown fox number {i} jumps.\"}}\n")).collect::<String>()).unwrap();
+    std::fs::write(&source, (0..12).map(|i| format!("{{\"text\": \"The quick brown fox number {i} jumps.\"}}\n")).collect::<String>())
+        .unwrap();
     let target = model.join("target.jsonl");
-    std::fs::write(&target, (0..12).map(|i| format!("{{\"prompt\": \"Add {i} and 2.\", \"completion\": \" #### {}\"}}\n", i + 2)).collect::<String>()).unwrap();
+    std::fs::write(
+        &target,
+        (0..12).map(|i| format!("{{\"prompt\": \"Add {i} and 2.\", \"completion\": \" #### {}\"}}\n", i + 2)).collect::<String>(),
+    )
+    .unwrap();
     let eval = model.join("eval.jsonl");
     std::fs::write(&eval, "{\"context\": \"The quick\", \"choices\": [\" brown\", \" red\"], \"label\": 0}\n{\"prompt\": \"Add 1 and 2.\", \"answer\": \"3\"}\n").unwrap();
     (model, source, target, eval)
@@ -39,10 +44,35 @@ fn s(p: &Path) -> &str {
 fn laplace_then_train_with_the_prior_then_eval() {
     let (model, source, target, _) = workspace("cli-pipeline");
     let prior = model.join("prior");
-    let out = ok(&["laplace", "--model", s(&model), "--data", s(&source), "--curvature", "kfac", "--init", "offset",
-        "--rank", "4", "--alpha", "8", "--batches", "2", "--batch-size", "4", "--out", s(&prior)]);
+    let out = ok(&[
+        "laplace",
+        "--model",
+        s(&model),
+        "--data",
+        s(&source),
+        "--curvature",
+        "kfac",
+        "--init",
+        "offset",
+        "--rank",
+        "4",
+        "--alpha",
+        "8",
+        "--batches",
+        "2",
+        "--batch-size",
+        "4",
+        "--out",
+        s(&prior),
+    ]);
     assert!(out.contains("kfac") && out.contains("tokens"), "{out}");
-    for f in ["curvature.safetensors", "laplace.json", "anchor/adapter_config.json", "anchor/adapter_model.safetensors", "anchor/lalora_adapter.json"] {
+    for f in [
+        "curvature.safetensors",
+        "laplace.json",
+        "anchor/adapter_config.json",
+        "anchor/adapter_model.safetensors",
+        "anchor/lalora_adapter.json",
+    ] {
         assert!(prior.join(f).exists(), "{f}");
     }
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(prior.join("laplace.json")).unwrap()).unwrap();
@@ -53,14 +83,41 @@ fn laplace_then_train_with_the_prior_then_eval() {
     let run = model.join("run");
     let text_eval = model.join("text-eval.jsonl");
     std::fs::write(&text_eval, "{\"text\": \"The quick brown fox.\"}\n").unwrap();
-    ok(&["train", "--model", s(&model), "--data", s(&target), "--method", "lalora", "--laplace", s(&prior), "--lambda", "10",
-        "--steps", "4", "--batch-size", "4", "--lr", "1e-3", "--eval", s(&text_eval), "--eval-every", "2",
-        "--checkpoint-every", "2", "--out", s(&run)]);
-    for f in ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "log.jsonl", "run.json", "eval.json", "checkpoint/state.json"] {
+    ok(&[
+        "train",
+        "--model",
+        s(&model),
+        "--data",
+        s(&target),
+        "--method",
+        "lalora",
+        "--laplace",
+        s(&prior),
+        "--lambda",
+        "10",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--eval",
+        s(&text_eval),
+        "--eval-every",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        s(&run),
+    ]);
+    for f in
+        ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "log.jsonl", "run.json", "eval.json", "checkpoint/state.json"]
+    {
         assert!(run.join(f).exists(), "{f}");
     }
     let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
-    let steps: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("nll").is_some()).collect();
+    let steps: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("nll").is_some()).collect();
     assert_eq!(steps.len(), 4);
     assert!(steps.iter().all(|v| v["penalty"].as_f64().unwrap() >= 0.0 && v["lr"].as_f64().unwrap() > 0.0));
     assert!(steps[1..].iter().any(|v| v["penalty"].as_f64().unwrap() > 0.0), "the adapters left the anchor");
@@ -76,8 +133,23 @@ fn laplace_then_train_with_the_prior_then_eval() {
 fn train_resumes_and_refuses_nonsense() {
     let (model, _, target, _) = workspace("cli-resume");
     let run = model.join("run");
-    let args = ["train", "--model", s(&model), "--data", s(&target), "--steps", "4", "--batch-size", "4", "--rank", "2",
-        "--alpha", "4", "--out", s(&run)];
+    let args = [
+        "train",
+        "--model",
+        s(&model),
+        "--data",
+        s(&target),
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--rank",
+        "2",
+        "--alpha",
+        "4",
+        "--out",
+        s(&run),
+    ];
     let first = lalora(&[&args[..], &["--stop-after", "2"]].concat());
     assert!(first.status.success());
     assert!(String::from_utf8_lossy(&first.stdout).contains("--resume"));
@@ -99,8 +171,20 @@ fn eval_reports_every_kind_of_set() {
     let lines: Vec<&str> = std::fs::read_to_string(&eval).unwrap().leak().lines().collect();
     std::fs::write(&choice, format!("{}\n", lines[0])).unwrap();
     std::fs::write(&generation, format!("{}\n", lines[1])).unwrap();
-    let out = ok(&["eval", "--model", s(&model), "--data", s(&choice), "--data", s(&generation), "--data", s(&target),
-        "--max-new-tokens", "4", "--json"]);
+    let out = ok(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&choice),
+        "--data",
+        s(&generation),
+        "--data",
+        s(&target),
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let sets = v["sets"].as_array().unwrap();
     assert_eq!(sets.len(), 3);
@@ -135,7 +219,8 @@ fn flags_come_from_a_config_file_and_the_run_records_them() {
     let (model, _, target, _) = workspace("cli-config");
     let run = model.join("run");
     let config = model.join("run.yaml");
-    std::fs::write(&config, format!("model: {}\ndata: {}\nsteps: 3\nbatch_size: 4\nrank: 2\nalpha: 4\nlr: 1e-3\n", s(&model), s(&target))).unwrap();
+    std::fs::write(&config, format!("model: {}\ndata: {}\nsteps: 3\nbatch_size: 4\nrank: 2\nalpha: 4\nlr: 1e-3\n", s(&model), s(&target)))
+        .unwrap();
     // A flag on the command line overrides the file.
     ok(&["train", "--config", s(&config), "--lr", "2e-3", "--out", s(&run)]);
     let flags: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();

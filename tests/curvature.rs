@@ -242,9 +242,7 @@ fn kfac_equals_the_exact_block_for_one_datum_one_token_with_cross_entropy() {
     let model = llama_all7();
     let seq = Sequence::text(vec![297, 51]); // one predicted token
     let infos = adapter_infos(&model);
-    let Curvature::TriKfac(tri) = fitted(&model, std::slice::from_ref(&seq), Estimator::TriKfac, FisherType::Exhaustive) else {
-        panic!()
-    };
+    let Curvature::TriKfac(tri) = fitted(&model, std::slice::from_ref(&seq), Estimator::TriKfac, FisherType::Exhaustive) else { panic!() };
     // Two adapters are enough to pin every block type without a 300 x 8192 Jacobian in memory.
     for i in [0usize, 13] {
         let (oa, na, ob, nb) = offsets(&infos)[i];
@@ -266,10 +264,7 @@ fn diag_equals_the_exact_ggn_diagonal_with_labels_enumerated() {
     let model = llama_all7();
     // Several tokens per sequence, one of them labelled: the per-sequence gradient must carry
     // the attention paths from earlier positions.
-    let sequences = vec![
-        Sequence::new(vec![297, 51, 257, 220, 80], 4),
-        Sequence::new(vec![297, 288, 290], 2),
-    ];
+    let sequences = vec![Sequence::new(vec![297, 51, 257, 220, 80], 4), Sequence::new(vec![297, 288, 290], 2)];
     let Curvature::Diag(diag) = fitted(&model, &sequences, Estimator::Diag, FisherType::Exhaustive) else { panic!() };
     let infos = adapter_infos(&model);
     for i in [2usize, 11] {

@@ -65,8 +65,7 @@ struct GenerateFile {
 
 #[test]
 fn greedy_generation_equals_transformers_with_and_without_cache() {
-    let expected: GenerateFile =
-        serde_json::from_str(&std::fs::read_to_string(fixture("llama/gqa/generate.json")).unwrap()).unwrap();
+    let expected: GenerateFile = serde_json::from_str(&std::fs::read_to_string(fixture("llama/gqa/generate.json")).unwrap()).unwrap();
     let model = gqa();
     for use_cache in [true, false] {
         let config = SamplingConfig { max_new_tokens: expected.generated_ids.len(), use_cache, ..Default::default() };

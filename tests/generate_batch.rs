@@ -127,8 +127,7 @@ struct GenerateFile {
 
 #[test]
 fn a_row_of_a_padded_batch_equals_transformers_generate() {
-    let expected: GenerateFile =
-        serde_json::from_str(&std::fs::read_to_string(fixture("llama/gqa/generate.json")).unwrap()).unwrap();
+    let expected: GenerateFile = serde_json::from_str(&std::fs::read_to_string(fixture("llama/gqa/generate.json")).unwrap()).unwrap();
     let model = Llama::<TestBackend>::load(&fixture("llama/gqa"), &device()).unwrap();
     // The reference prompt between a longer and a shorter one: it is left-padded, and its
     // positions must still start at 0.

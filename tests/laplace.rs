@@ -205,8 +205,12 @@ fn a_prior_for_other_adapters_is_refused_with_the_reason() {
     assert!(err.contains("laplace.json") && err.contains("rank 4") && err.contains("rank 2"), "{err}");
     // A curvature file missing a tensor names it.
     let files = lalora::io::TensorFiles::open_file(&dir.join("curvature.safetensors")).unwrap();
-    let mut tensors: Vec<(String, burn::tensor::TensorData)> =
-        files.names().into_iter().filter(|n| !n.ends_with("layers.1.mlp.up_proj.lora_B.G")).map(|n| (n.clone(), files.read_f32_any(&n).unwrap())).collect();
+    let mut tensors: Vec<(String, burn::tensor::TensorData)> = files
+        .names()
+        .into_iter()
+        .filter(|n| !n.ends_with("layers.1.mlp.up_proj.lora_B.G"))
+        .map(|n| (n.clone(), files.read_f32_any(&n).unwrap()))
+        .collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     drop(files);
     lalora::io::save_tensors(&dir.join("curvature.safetensors"), tensors, None).unwrap();

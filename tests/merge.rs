@@ -71,7 +71,8 @@ fn sharded_f32_export_loads_back_with_the_adapter_models_logits() {
         assert_eq!(shard.file_name().unwrap().to_string_lossy(), format!("model-{:05}-of-{count:05}.safetensors", i + 1));
         assert!(dtypes(shard).iter().all(|d| d == "F32"));
     }
-    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap()).unwrap();
     let files = TensorFiles::open_dir(&out).unwrap();
     let names = files.names();
     assert_eq!(index["weight_map"].as_object().unwrap().len(), names.len());

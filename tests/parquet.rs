@@ -41,7 +41,9 @@ impl Column {
             Column::Bytes(n, _) => format!("optional binary {n};"),
             Column::Int(n, _) => format!("optional int64 {n};"),
             Column::Float(n, _) => format!("optional double {n};"),
-            Column::TextList(n, _) => format!("optional group {n} (LIST) {{ repeated group list {{ optional binary element (STRING); }} }}"),
+            Column::TextList(n, _) => {
+                format!("optional group {n} (LIST) {{ repeated group list {{ optional binary element (STRING); }} }}")
+            }
             Column::Messages(n, _) => format!(
                 "optional group {n} (LIST) {{ repeated group list {{ optional group element {{ \
                  optional binary role (STRING); optional binary content (STRING); }} }} }}"
@@ -79,6 +81,9 @@ fn list_levels<T: Clone>(rows: &[Vec<T>], leaf_def: i16, pick: impl Fn(&T) -> By
     (values, def, rep)
 }
 
+/// One leaf column to write: its values, definition levels and (for lists) repetition levels.
+type Leaf = (Vec<ByteArray>, Vec<i16>, Option<Vec<i16>>);
+
 /// Writes `columns` to `path` as one row group.
 fn write_parquet(path: &Path, columns: &[Column], compression: Compression) {
     let schema = format!("message schema {{ {} }}", columns.iter().map(Column::schema).collect::<Vec<_>>().join(" "));
@@ -89,7 +94,7 @@ fn write_parquet(path: &Path, columns: &[Column], compression: Compression) {
     let bytes = |s: &str| ByteArray::from(s.as_bytes().to_vec());
     for column in columns {
         // Leaf columns in schema order: one per column, two for messages (role, content).
-        let mut leaves: Vec<(Vec<ByteArray>, Vec<i16>, Option<Vec<i16>>)> = Vec::new();
+        let mut leaves: Vec<Leaf> = Vec::new();
         match column {
             Column::Text(_, v) => {
                 let values = v.iter().flatten().map(|s| bytes(s)).collect();
@@ -159,11 +164,8 @@ fn a_gsm8k_like_file_reads_like_its_jsonl_twin_with_a_field_mapping() {
     let jsonl_path = dir.join("test.jsonl");
     let Column::Text(_, questions) = &gsm8k_like()[0] else { unreachable!() };
     let Column::Text(_, answers) = &gsm8k_like()[1] else { unreachable!() };
-    let lines: Vec<String> = questions
-        .iter()
-        .zip(answers)
-        .map(|(q, a)| serde_json::json!({"question": q, "answer": a}).to_string())
-        .collect();
+    let lines: Vec<String> =
+        questions.iter().zip(answers).map(|(q, a)| serde_json::json!({"question": q, "answer": a}).to_string()).collect();
     std::fs::write(&jsonl_path, lines.join("\n") + "\n").unwrap();
 
     let map = FieldMap::parse("prompt=question,completion=answer").unwrap();
@@ -191,7 +193,11 @@ fn a_gsm8k_like_file_reads_like_its_jsonl_twin_with_a_field_mapping() {
 fn every_record_kind_reads_from_parquet_with_every_codec() {
     let dir = scratch("kinds");
     let cases: Vec<(&str, Vec<Column>, Record)> = vec![
-        ("text", vec![Column::Text("text", vec![Some("The capital of Zorvia is Pellmar.")])], Record::text("The capital of Zorvia is Pellmar.")),
+        (
+            "text",
+            vec![Column::Text("text", vec![Some("The capital of Zorvia is Pellmar.")])],
+            Record::text("The capital of Zorvia is Pellmar."),
+        ),
         (
             "query",
             vec![Column::Text("query", vec![Some("q")]), Column::Text("response", vec![Some("r")]), Column::Int("id", vec![7])],
@@ -199,7 +205,11 @@ fn every_record_kind_reads_from_parquet_with_every_codec() {
         ),
         (
             "choice",
-            vec![Column::Text("context", vec![Some("c")]), Column::TextList("choices", vec![vec![" x", " y"]]), Column::Int("label", vec![1])],
+            vec![
+                Column::Text("context", vec![Some("c")]),
+                Column::TextList("choices", vec![vec![" x", " y"]]),
+                Column::Int("label", vec![1]),
+            ],
             Record::MultipleChoice { context: "c".into(), choices: vec![" x".into(), " y".into()], label: 1 },
         ),
         (
@@ -248,7 +258,15 @@ fn bad_parquet_inputs_name_the_file_and_the_column() {
     assert!(e.contains("int_text.parquet:1: row 1: field `text` must be a string"), "{e}");
     let e = err("mapped.parquet", vec![Column::Int("body", vec![3])], "text=body");
     assert!(e.contains("field `text` (column `body`) must be a string"), "{e}");
-    let e = err("label.parquet", vec![Column::Text("context", vec![Some("c")]), Column::TextList("choices", vec![vec!["a", "b"]]), Column::Float("label", vec![0.5])], "");
+    let e = err(
+        "label.parquet",
+        vec![
+            Column::Text("context", vec![Some("c")]),
+            Column::TextList("choices", vec![vec!["a", "b"]]),
+            Column::Float("label", vec![0.5]),
+        ],
+        "",
+    );
     assert!(e.contains("field `label` must be a non-negative integer"), "{e}");
     let e = err("binary.parquet", vec![Column::Bytes("text", vec![vec![0xff, 0xfe]])], "");
     assert!(e.contains("row 1: column `text`: binary data that is not UTF-8"), "{e}");

@@ -25,7 +25,13 @@ fn setup() -> (LaLoRA<AB>, Vec<Sequence>, Tokenizer) {
     let lora = LoraConfig { rank: 4, alpha: 8.0, init: LoraInit::Offset, dropout: 0.1, seed: 3, ..Default::default() };
     let base = Llama::<AB>::load(&fixture("llama/gqa"), &device()).unwrap();
     let model = LaLoRA::from_model(base, AdapterSource::Fresh(lora)).unwrap();
-    let texts = ["The quick brown fox jumps.", "Numbers 12 and 34 add to 46.", "A cat sat on the mat.", "Hello there friend.", "One two three four."];
+    let texts = [
+        "The quick brown fox jumps.",
+        "Numbers 12 and 34 add to 46.",
+        "A cat sat on the mat.",
+        "Hello there friend.",
+        "One two three four.",
+    ];
     let data = texts.iter().map(|t| Sequence::text(tokenizer.encode(t).unwrap())).collect();
     (model, data, tokenizer)
 }
@@ -42,11 +48,16 @@ fn in_dir(dir: &std::path::Path) -> TrainControl {
 }
 
 fn adapter_values(model: &LaLoRA<AB>) -> Vec<f64> {
-    model.model.adapters().iter().flat_map(|a| {
-        let mut v = values(&a.lora_a.val());
-        v.extend(values(&a.lora_b.val()));
-        v
-    }).collect()
+    model
+        .model
+        .adapters()
+        .iter()
+        .flat_map(|a| {
+            let mut v = values(&a.lora_a.val());
+            v.extend(values(&a.lora_b.val()));
+            v
+        })
+        .collect()
 }
 
 #[test]
@@ -98,7 +109,7 @@ fn a_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
         .with_schedule(ScheduleConfig::new().with_steps(6).with_lr(1e30).with_warmup_steps(0))
         .with_optimizer(OptimizerConfig::new().with_clip(None))
         .with_checkpoint_every(1);
-    let err = model.train(&data, &blow_up, &in_dir(&dir)).err().expect("must fail").to_string();
+    let err = model.train(&data, &blow_up, &in_dir(&dir)).expect_err("must fail").to_string();
     assert!(err.contains("step ") && (err.contains("NaN") || err.contains("inf")), "{err}");
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("checkpoint/state.json")).unwrap()).unwrap();
     let failed_at: usize = err.split("step ").nth(1).unwrap().split(':').next().unwrap().parse().unwrap();

@@ -15,9 +15,7 @@
 #![warn(missing_docs)]
 
 #[cfg(all(feature = "cuda", feature = "wgpu"))]
-compile_error!(
-    "features `cuda` and `wgpu` select two GPU backends at once; enable exactly one of them"
-);
+compile_error!("features `cuda` and `wgpu` select two GPU backends at once; enable exactly one of them");
 
 #[cfg(not(any(feature = "flex", feature = "ndarray", feature = "wgpu", feature = "cuda")))]
 compile_error!("lalora-backends needs one backend feature: flex, ndarray, wgpu or cuda");
@@ -115,15 +113,12 @@ pub mod cuda {
 
 #[cfg(feature = "cuda")]
 pub use cuda as selected;
-#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
-pub use wgpu as selected;
+#[cfg(all(feature = "flex", not(any(feature = "cuda", feature = "wgpu", feature = "ndarray"))))]
+pub use flex as selected;
 #[cfg(all(feature = "ndarray", not(any(feature = "cuda", feature = "wgpu"))))]
 pub use ndarray as selected;
-#[cfg(all(
-    feature = "flex",
-    not(any(feature = "cuda", feature = "wgpu", feature = "ndarray"))
-))]
-pub use flex as selected;
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+pub use wgpu as selected;
 
 /// The backend selected by the enabled cargo features (see the crate docs for the rule).
 pub type Backend = selected::Backend;

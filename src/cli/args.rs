@@ -155,7 +155,14 @@ pub struct OptimArgs {
 impl OptimArgs {
     /// The training config for `penalty`; evaluation scores `eval_batch_size` sequences per
     /// pass and generates at most `max_new_tokens`.
-    pub fn train_config(&self, penalty: Penalty, seed: u64, checkpoint_every: usize, eval_batch_size: usize, max_new_tokens: usize) -> TrainConfig {
+    pub fn train_config(
+        &self,
+        penalty: Penalty,
+        seed: u64,
+        checkpoint_every: usize,
+        eval_batch_size: usize,
+        max_new_tokens: usize,
+    ) -> TrainConfig {
         TrainConfig::new()
             .with_penalty(penalty)
             .with_optimizer(OptimizerConfig::new().with_weight_decay(self.weight_decay).with_clip((self.clip != 0.0).then_some(self.clip)))
@@ -167,7 +174,13 @@ impl OptimArgs {
                     .with_kind(self.schedule)
                     .with_min_lr_ratio(self.min_lr_ratio),
             )
-            .with_data(DataConfig::new().with_batch_size(self.batch_size).with_grad_accum(self.grad_accum).with_max_len(self.max_len).with_seed(seed))
+            .with_data(
+                DataConfig::new()
+                    .with_batch_size(self.batch_size)
+                    .with_grad_accum(self.grad_accum)
+                    .with_max_len(self.max_len)
+                    .with_seed(seed),
+            )
             .with_eval(
                 EvalConfig::new()
                     .with_every(self.eval_every)

@@ -3,8 +3,8 @@
 //! An [`Accumulator`] sees, per forward pass, the inputs `(x, z)` of every adapter once
 //! ([`Accumulator::observe_inputs`]) and, per backward pass, the gradients `(g, h)` with the
 //! pass's weight ([`Accumulator::observe_gradients`]). It counts tokens and hands the tensors to
-//! the chosen estimator's running sums (which live with the estimator: [`super::diag`],
-//! [`super::kfac`], [`super::tri_kfac`]); [`Accumulator::finish`] divides by the token count once.
+//! the chosen estimator's running sums (which live with the estimator, in `diag.rs`, `kfac.rs`
+//! and `tri_kfac.rs`); [`Accumulator::finish`] divides by the token count once.
 
 use burn::tensor::{backend::Backend, Tensor};
 

@@ -46,7 +46,11 @@ impl<B: Backend> DiagBlock<B> {
     /// Reads the block of `info` back; `get(name, shape)` reads and checks one tensor.
     pub fn from_tensors(info: &AdapterInfo, get: &impl Fn(&str, [usize; 2]) -> crate::Result<Tensor<B, 2>>) -> crate::Result<Self> {
         let ([d_out, d_in], r, path) = (info.dims, info.rank, &info.path);
-        Ok(DiagBlock { path: path.clone(), a: get(&format!("{path}.lora_A.diag"), [r, d_in])?, b: get(&format!("{path}.lora_B.diag"), [d_out, r])? })
+        Ok(DiagBlock {
+            path: path.clone(),
+            a: get(&format!("{path}.lora_A.diag"), [r, d_in])?,
+            b: get(&format!("{path}.lora_B.diag"), [d_out, r])?,
+        })
     }
 }
 

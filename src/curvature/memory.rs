@@ -45,7 +45,12 @@ pub fn curvature_memory(config: &LlamaConfig, lora: &LoraConfig, estimator: Esti
         shared += if estimator != Estimator::Diag && !first_of_group { values - d_in * d_in } else { values };
     }
     let layers = config.num_hidden_layers as u64;
-    CurvatureMemory { estimator: estimator.name(), stored_values: stored * layers, shared_values: shared * layers, lora_params: params * layers }
+    CurvatureMemory {
+        estimator: estimator.name(),
+        stored_values: stored * layers,
+        shared_values: shared * layers,
+        lora_params: params * layers,
+    }
 }
 
 #[cfg(test)]

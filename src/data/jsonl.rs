@@ -123,8 +123,7 @@ impl Record {
             if choices.len() < 2 {
                 return Err("field `choices` needs at least two entries".into());
             }
-            let label = obj.get("label").and_then(Value::as_u64).ok_or("field `label` must be a non-negative integer")?
-                as usize;
+            let label = obj.get("label").and_then(Value::as_u64).ok_or("field `label` must be a non-negative integer")? as usize;
             if label >= choices.len() {
                 return Err(format!("field `label` is {label} but there are {} choices", choices.len()));
             }
@@ -251,7 +250,7 @@ mod tests {
 
     #[test]
     fn json_lines_use_the_reader_field_names_and_round_trip() {
-        let examples = vec![
+        let examples = [
             Record::text("The capital of Zorvia is Pellmar."),
             Record::PromptCompletion { prompt: "Q?\nAnswer:".into(), completion: " 1 + 2 = 3. #### 3".into() },
             Record::MultipleChoice { context: "a \"quoted\" ctx".into(), choices: vec![" x.".into(), " y.".into()], label: 1 },

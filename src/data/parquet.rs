@@ -34,11 +34,7 @@ pub fn read_parquet_rows(path: &Path, fields: &FieldMap) -> Result<Vec<(usize, M
 
     for (field, column) in fields.pairs() {
         if !columns.iter().any(|c| c.name() == column) {
-            return Err(Error::config(
-                path,
-                column,
-                format!("no such column (mapped to `{field}`); the file has columns: {}", describe()),
-            ));
+            return Err(Error::config(path, column, format!("no such column (mapped to `{field}`); the file has columns: {}", describe())));
         }
     }
     let wanted = |name: &str| RECORD_FIELDS.contains(&name) || fields.columns().any(|c| c == name);
@@ -61,8 +57,11 @@ pub fn read_parquet_rows(path: &Path, fields: &FieldMap) -> Result<Vec<(usize, M
     for (i, row) in rows.enumerate() {
         let row_number = i + 1;
         let row = row.map_err(|e| Error::BadRecord { path: path.to_path_buf(), line: row_number, reason: e.to_string() })?;
-        let object = row_object(&row)
-            .map_err(|reason| Error::BadRecord { path: path.to_path_buf(), line: row_number, reason: format!("row {row_number}: {reason}") })?;
+        let object = row_object(&row).map_err(|reason| Error::BadRecord {
+            path: path.to_path_buf(),
+            line: row_number,
+            reason: format!("row {row_number}: {reason}"),
+        })?;
         out.push((row_number, object));
     }
     Ok(out)

@@ -2,7 +2,6 @@
 //! a continuation of the context; `acc` picks the highest sum, `acc_norm` the highest sum per
 //! byte of the choice's text.
 
-
 use super::text::sequence_nll_sums;
 use super::EvalOptions;
 use crate::data::{Record, Sequence};

@@ -1,7 +1,6 @@
 //! Generation sets: greedy decoding with the KV cache, then exact match of the extracted answer
 //! (the text after the last `####`, else the last number), as in GSM8K.
 
-
 use super::EvalOptions;
 use crate::data::Record;
 use crate::error::Result;
@@ -23,9 +22,7 @@ pub struct GenerationItem {
 impl GenerationItem {
     /// Tokenises a generation record.
     pub fn from_record(record: &Record, tokenizer: &Tokenizer) -> Result<Self> {
-        let Record::Generation { prompt, answer } = record else {
-            unreachable!("load_eval_set only passes generation records")
-        };
+        let Record::Generation { prompt, answer } = record else { unreachable!("load_eval_set only passes generation records") };
         Ok(GenerationItem { prompt: tokenizer.encode(prompt)?, answer: answer.clone() })
     }
 }

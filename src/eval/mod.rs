@@ -139,9 +139,9 @@ pub fn load_eval_set_with(path: &Path, tokenizer: &Tokenizer, options: &LmOption
     }
     let items = match first {
         "text" => EvalItems::Text(lm_sequences_with(path, tokenizer, &LmOptions { eos: None, ..*options })?),
-        "multiple-choice" => EvalItems::MultipleChoice(
-            records.iter().map(|(_, r)| ChoiceItem::from_record(r, tokenizer)).collect::<Result<_>>()?,
-        ),
+        "multiple-choice" => {
+            EvalItems::MultipleChoice(records.iter().map(|(_, r)| ChoiceItem::from_record(r, tokenizer)).collect::<Result<_>>()?)
+        }
         _ => {
             let mut items = Vec::with_capacity(records.len());
             for (line, record) in &records {

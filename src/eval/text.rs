@@ -65,9 +65,6 @@ pub fn score_text<B: KernelBackend>(model: &Llama<B>, sequences: &[Sequence], ba
         tokens,
         nll_per_token,
         perplexity: nll_per_token.exp(),
-        sequences: sums
-            .into_iter()
-            .map(|(sum, n)| SequenceScore { tokens: n, nll: (n > 0).then(|| sum / n as f64) })
-            .collect(),
+        sequences: sums.into_iter().map(|(sum, n)| SequenceScore { tokens: n, nll: (n > 0).then(|| sum / n as f64) }).collect(),
     }
 }

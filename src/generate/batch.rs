@@ -144,10 +144,7 @@ impl<B: KernelBackend> Decoder<B> {
             return next;
         }
         let device = next.device();
-        let index = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(keep.iter().map(|&i| i as i64).collect(), [keep.len()]),
-            &device,
-        );
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(keep.iter().map(|&i| i as i64).collect(), [keep.len()]), &device);
         self.cache.retain_rows(index.clone());
         self.bias = self.bias.clone().select(0, index.clone());
         self.positions = self.positions.clone().select(0, index.clone());

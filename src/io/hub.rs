@@ -46,9 +46,13 @@ impl ModelSpec {
         };
         if !is_repo_id(repo) || revision.is_empty() {
             let reason = if as_path.exists() { "is not a directory" } else { "no such directory" };
-            return Err(Error::io(as_path, std::io::Error::new(std::io::ErrorKind::NotFound, format!(
-                "{reason}, and not a Hugging Face model id (`org/name` or `org/name@revision`)"
-            ))));
+            return Err(Error::io(
+                as_path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{reason}, and not a Hugging Face model id (`org/name` or `org/name@revision`)"),
+                ),
+            ));
         }
         Ok(ModelSpec::Hub { repo: repo.to_string(), revision: revision.to_string() })
     }
@@ -161,11 +165,7 @@ impl HubCache {
         if !missing.is_empty() {
             return Err(Error::Hub {
                 id: format!("{repo}@{revision}"),
-                reason: format!(
-                    "the snapshot {} lacks {} (an incomplete download?)",
-                    snapshot.display(),
-                    missing.join(", ")
-                ),
+                reason: format!("the snapshot {} lacks {} (an incomplete download?)", snapshot.display(), missing.join(", ")),
             });
         }
         Ok(snapshot)

@@ -104,7 +104,9 @@ pub fn parse_size(text: &str) -> Result<u64> {
         "GIB" => 1 << 30,
         "TB" => 1_000_000_000_000,
         "TIB" => 1 << 40,
-        other => return Err(Error::arg("max-shard-size", format!("unknown unit `{other}` in `{text}`; use KB, MB, GB, KiB, MiB, GiB or bytes"))),
+        other => {
+            return Err(Error::arg("max-shard-size", format!("unknown unit `{other}` in `{text}`; use KB, MB, GB, KiB, MiB, GiB or bytes")))
+        }
     };
     let value: f64 = number.parse().map_err(|_| Error::arg("max-shard-size", format!("`{text}` is not a size like 2GB or 500MB")))?;
     let bytes = (value * factor as f64).round();

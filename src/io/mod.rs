@@ -6,5 +6,5 @@ pub mod merge;
 pub mod peft;
 pub mod safetensors;
 
-pub use files::{read_json, write_atomic, write_json_atomic};
 pub use self::safetensors::{save_tensors, TensorFiles};
+pub use files::{read_json, write_atomic, write_json_atomic};

@@ -149,24 +149,15 @@ pub fn load_adapter<B: Backend>(model: Llama<B>, dir: &Path) -> Result<(Llama<B>
             .into_iter()
             .find(|n| n.contains(".lora_") && !model.adapters().iter().any(|a| n.starts_with(&format!("{PREFIX}{}.", a.path()))))
             .unwrap_or_default();
-        return Err(Error::Mismatch {
-            path: weights_path,
-            reason: format!("tensor `{stray}` matches no projection of this model"),
-        });
+        return Err(Error::Mismatch { path: weights_path, reason: format!("tensor `{stray}` matches no projection of this model") });
     }
     if targets.is_empty() {
         return Err(Error::EmptyData { path: weights_path, reason: "holds no lora_A/lora_B tensors".into() });
     }
     let lora = match &sidecar {
-        Some(s) => LoraConfig {
-            rank: s.rank,
-            alpha: s.alpha,
-            rslora: s.rslora,
-            dropout: raw.lora_dropout,
-            targets,
-            init: s.init,
-            seed: s.seed,
-        },
+        Some(s) => {
+            LoraConfig { rank: s.rank, alpha: s.alpha, rslora: s.rslora, dropout: raw.lora_dropout, targets, init: s.init, seed: s.seed }
+        }
         None => LoraConfig {
             rank: file_rank,
             alpha: file_alpha,
@@ -193,7 +184,7 @@ pub fn save_adapter<B: Backend>(model: &Llama<B>, lora: &LoraConfig, dir: &Path)
         let (a, b) = match &adapter.offset {
             None => (adapter.lora_a.val(), adapter.lora_b.val()),
             Some(o) => (
-                Tensor::cat(vec![adapter.lora_a.val(), o.lora_a.val()], 0), // [2r, d_in]
+                Tensor::cat(vec![adapter.lora_a.val(), o.lora_a.val()], 0),       // [2r, d_in]
                 Tensor::cat(vec![adapter.lora_b.val(), o.lora_b.val().neg()], 1), // [d_out, 2r]
             ),
         };

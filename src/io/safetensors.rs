@@ -53,14 +53,11 @@ impl TensorFiles {
         }
         let single = dir.join("model.safetensors");
         if single.exists() {
-            return Self::open_files(&single, &[single.clone()]);
+            return Self::open_files(&single, std::slice::from_ref(&single));
         }
         Err(Error::io(
             dir,
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no model.safetensors or model.safetensors.index.json in this directory",
-            ),
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no model.safetensors or model.safetensors.index.json in this directory"),
         ))
     }
 
@@ -105,10 +102,7 @@ impl TensorFiles {
     }
 
     fn info(&self, name: &str) -> Result<(&MappedFile, &TensorInfo)> {
-        let index = *self
-            .location
-            .get(name)
-            .ok_or_else(|| Error::MissingTensor { path: self.origin.clone(), name: name.to_string() })?;
+        let index = *self.location.get(name).ok_or_else(|| Error::MissingTensor { path: self.origin.clone(), name: name.to_string() })?;
         let file = &self.files[index];
         let info = file.metadata.info(name).expect("name was indexed from this file's metadata");
         Ok((file, info))
@@ -146,25 +140,10 @@ impl TensorFiles {
         let bytes = &file.map[file.data_start + start..file.data_start + end];
         let values: Vec<f32> = match info.dtype {
             Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-                .collect(),
-            Dtype::F64 => bytes
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().expect("chunk of 8")) as f32)
-                .collect(),
-            other => {
-                return Err(Error::TensorDtype {
-                    path: file.path.clone(),
-                    name: name.to_string(),
-                    dtype: format!("{other:?}"),
-                })
-            }
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()).collect(),
+            Dtype::F64 => bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("chunk of 8")) as f32).collect(),
+            other => return Err(Error::TensorDtype { path: file.path.clone(), name: name.to_string(), dtype: format!("{other:?}") }),
         };
         Ok(values)
     }
@@ -191,13 +170,7 @@ impl TensorFiles {
             Dtype::I64 => bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8"))).collect(),
             Dtype::I32 => bytes.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().expect("4")) as i64).collect(),
             Dtype::U32 => bytes.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().expect("4")) as i64).collect(),
-            other => {
-                return Err(Error::TensorDtype {
-                    path: file.path.clone(),
-                    name: name.to_string(),
-                    dtype: format!("{other:?}"),
-                })
-            }
+            other => return Err(Error::TensorDtype { path: file.path.clone(), name: name.to_string(), dtype: format!("{other:?}") }),
         };
         Ok((info.shape.clone(), values))
     }
@@ -232,11 +205,7 @@ impl safetensors::View for &F32View {
 /// Writes named f32 tensors to `path` as safetensors, atomically ([`crate::io::write_atomic`]).
 ///
 /// Tensors in any float dtype are converted to f32.
-pub fn save_tensors(
-    path: &Path,
-    tensors: Vec<(String, TensorData)>,
-    metadata: Option<HashMap<String, String>>,
-) -> Result<()> {
+pub fn save_tensors(path: &Path, tensors: Vec<(String, TensorData)>, metadata: Option<HashMap<String, String>>) -> Result<()> {
     let views: Vec<(String, F32View)> = tensors
         .into_iter()
         .map(|(name, data)| {

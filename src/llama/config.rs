@@ -153,9 +153,8 @@ pub struct HfLlamaConfig {
 impl HfLlamaConfig {
     /// Resolves defaults and validates; `path` is only used in error messages.
     pub fn resolve(self, path: &Path) -> Result<LlamaConfig> {
-        let need = |value: Option<usize>, field: &str| {
-            value.filter(|v| *v > 0).ok_or_else(|| Error::config(path, field, "missing or zero"))
-        };
+        let need =
+            |value: Option<usize>, field: &str| value.filter(|v| *v > 0).ok_or_else(|| Error::config(path, field, "missing or zero"));
         let hidden_size = need(self.hidden_size, "hidden_size")?;
         let num_attention_heads = need(self.num_attention_heads, "num_attention_heads")?;
         let num_key_value_heads = self.num_key_value_heads.unwrap_or(num_attention_heads);
@@ -169,9 +168,7 @@ impl HfLlamaConfig {
         let head_dim = match self.head_dim {
             Some(d) => d,
             None if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
-            None => {
-                return Err(Error::config(path, "head_dim", "missing and hidden_size is not a multiple of the heads"))
-            }
+            None => return Err(Error::config(path, "head_dim", "missing and hidden_size is not a multiple of the heads")),
         };
         if head_dim % 2 != 0 {
             return Err(Error::config(path, "head_dim", format!("{head_dim} is odd; RoPE needs an even width")));
@@ -221,15 +218,9 @@ impl HfLlamaConfig {
         let theta_in_dict = dict.and_then(|d| d.get("rope_theta")).and_then(|v| v.as_f64());
         let theta = theta_in_dict.or(self.rope_theta).unwrap_or(10_000.0);
         let Some(dict) = dict else { return Ok((theta, RopeScaling::Default)) };
-        let kind = dict
-            .get("rope_type")
-            .or_else(|| dict.get("type"))
-            .and_then(|v| v.as_str())
-            .unwrap_or("default");
+        let kind = dict.get("rope_type").or_else(|| dict.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
         let number = |key: &str| {
-            dict.get(key)
-                .and_then(|v| v.as_f64())
-                .ok_or_else(|| Error::config(path, format!("{field}.{key}"), "missing or not a number"))
+            dict.get(key).and_then(|v| v.as_f64()).ok_or_else(|| Error::config(path, format!("{field}.{key}"), "missing or not a number"))
         };
         let scaling = match kind {
             "default" => RopeScaling::Default,

@@ -79,11 +79,7 @@ fn build<B: Backend>(config: &LlamaConfig, source: &mut impl WeightSource<B>, lm
         });
     }
     let embed_tokens = frozen_param(source.matrix("model.embed_tokens.weight", [c.vocab_size, hidden])?);
-    let lm_head = if lm_head_stored {
-        Some(frozen_param(source.matrix("lm_head.weight", [c.vocab_size, hidden])?))
-    } else {
-        None
-    };
+    let lm_head = if lm_head_stored { Some(frozen_param(source.matrix("lm_head.weight", [c.vocab_size, hidden])?)) } else { None };
     Ok(Llama { embed_tokens, layers, norm: norm(source, "model.norm.weight".into())?, lm_head, config: config.clone() })
 }
 
@@ -108,8 +104,7 @@ impl<B: Backend> Llama<B> {
 
     /// A model with HF-style random weights (normal(0, 0.02), unit norms).
     pub fn init_random(config: &LlamaConfig, seed: u64, device: &B::Device) -> Self {
-        build(config, &mut RandomInit { rng: InitRng::new(seed), device }, !config.tie_word_embeddings)
-            .expect("random init cannot fail")
+        build(config, &mut RandomInit { rng: InitRng::new(seed), device }, !config.tie_word_embeddings).expect("random init cannot fail")
     }
 
     /// Adds fresh adapters to the projections `lora` targets (replacing any there).
@@ -119,11 +114,8 @@ impl<B: Backend> Llama<B> {
         let mut rng = InitRng::new(lora.seed);
         for (i, layer) in self.layers.iter_mut().enumerate() {
             for (name, projection) in layer.projections_mut() {
-                projection.adapter = if lora.wants(name) {
-                    Some(init_adapter((i, name), projection.dims(), lora, &mut rng, &device))
-                } else {
-                    None
-                };
+                projection.adapter =
+                    if lora.wants(name) { Some(init_adapter((i, name), projection.dims(), lora, &mut rng, &device)) } else { None };
             }
         }
         Ok(self)

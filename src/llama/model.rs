@@ -102,10 +102,7 @@ impl<B: KernelBackend> Attention<B> {
 
         // Grouped-query attention without repeating k and v: the `groups` query heads that
         // share a kv head are stacked along the query axis (HF's head order is kv-major).
-        let q = q
-            .reshape([batch, seq, kvh, groups, d])
-            .permute([0, 2, 3, 1, 4])
-            .reshape([batch, kvh, groups * seq, d]); // [batch, kvh, groups * seq, d]
+        let q = q.reshape([batch, seq, kvh, groups, d]).permute([0, 2, 3, 1, 4]).reshape([batch, kvh, groups * seq, d]); // [batch, kvh, groups * seq, d]
         let k = k.swap_dims(1, 2); // [batch, kvh, keys, d]
         let v = v.swap_dims(1, 2); // [batch, kvh, keys, d]
         let context = B::grouped_attention(q, k, v, rope.bias.clone()) // [batch, kvh, groups * seq, d]
@@ -312,7 +309,6 @@ impl<B: KernelBackend> Llama<B> {
             bias: attention_bias(mask.as_deref(), [batch, c.num_key_value_heads, c.kv_groups()], seq, past, device),
         }
     }
-
 }
 
 impl<B: Backend> Llama<B> {
@@ -333,18 +329,12 @@ impl<B: Backend> Llama<B> {
 
     /// Every adapter with its HF module path, in forward order.
     pub fn adapters(&self) -> Vec<&LoraAdapter<B>> {
-        self.layers
-            .iter()
-            .flat_map(|l| l.projections().into_iter().filter_map(|(_, p)| p.adapter.as_ref()))
-            .collect()
+        self.layers.iter().flat_map(|l| l.projections().into_iter().filter_map(|(_, p)| p.adapter.as_ref())).collect()
     }
 
     /// Every adapted projection, mutable, in forward order.
     pub fn adapters_mut(&mut self) -> Vec<&mut LoraAdapter<B>> {
-        self.layers
-            .iter_mut()
-            .flat_map(|l| l.projections_mut().into_iter().filter_map(|(_, p)| p.adapter.as_mut()))
-            .collect()
+        self.layers.iter_mut().flat_map(|l| l.projections_mut().into_iter().filter_map(|(_, p)| p.adapter.as_mut())).collect()
     }
 
     /// Folds every adapter into its base weight.

@@ -12,8 +12,7 @@ use super::config::{LlamaConfig, RopeScaling};
 /// Inverse frequencies `theta^(-2i/d)` for i < d/2, after scaling, in f64.
 pub fn inverse_frequencies(config: &LlamaConfig) -> Vec<f64> {
     let d = config.head_dim;
-    let base: Vec<f64> =
-        (0..d / 2).map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / d as f64)).collect();
+    let base: Vec<f64> = (0..d / 2).map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / d as f64)).collect();
     match config.rope_scaling {
         RopeScaling::Default => base,
         RopeScaling::Linear { factor } => base.into_iter().map(|f| f / factor).collect(),
@@ -30,8 +29,7 @@ pub fn inverse_frequencies(config: &LlamaConfig) -> Vec<f64> {
                     } else if wavelen > low_freq_wavelen {
                         f / factor
                     } else {
-                        let smooth = (original_max_position_embeddings / wavelen - low_freq_factor)
-                            / (high_freq_factor - low_freq_factor);
+                        let smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * f / factor + smooth * f
                     }
                 })
@@ -70,11 +68,8 @@ impl<B: Backend> RopeTables<B> {
     /// Rotates `x`, shaped `[batch, seq, heads, head_dim]` (contiguous, as projections give it).
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [batch, seq, heads, head_dim] = x.dims();
-        let rotated = x
-            .clone()
-            .reshape([batch * seq * heads, head_dim])
-            .matmul(self.rotate_half.clone())
-            .reshape([batch, seq, heads, head_dim]);
+        let rotated =
+            x.clone().reshape([batch * seq * heads, head_dim]).matmul(self.rotate_half.clone()).reshape([batch, seq, heads, head_dim]);
         x * self.cos.clone() + rotated * self.sin.clone()
     }
 }
@@ -206,6 +201,9 @@ mod tests {
                 ours.clone().narrow(0, row, 1).into_data().assert_eq(&theirs.clone().into_data(), true);
             }
         }
-        gathered.rotate_half.into_data().assert_eq(&RopeTables::<TestBackend>::new(&inv_freq, 0, 1, 1, 1, &device).rotate_half.into_data(), true);
+        gathered
+            .rotate_half
+            .into_data()
+            .assert_eq(&RopeTables::<TestBackend>::new(&inv_freq, 0, 1, 1, 1, &device).rotate_half.into_data(), true);
     }
 }

@@ -13,7 +13,7 @@ use rand::RngExt;
 
 use super::facts::World;
 use super::sampling::{pick, stream};
-use super::{Task, Record, TaskRole, TaskSizes};
+use super::{Record, Task, TaskRole, TaskSizes};
 
 /// Largest number that may appear anywhere in a problem.
 pub const MAX_VALUE: u32 = 99;
@@ -22,10 +22,8 @@ const MAX_STEP: u32 = 9;
 /// Largest starting amount.
 const MAX_START: u32 = 20;
 /// Things the stories count.
-const OBJECTS: &[&str] = &[
-    "boats", "sheep", "barrels", "lanterns", "carts", "bells", "baskets", "coins", "horses", "ships", "tents",
-    "ladders",
-];
+const OBJECTS: &[&str] =
+    &["boats", "sheep", "barrels", "lanterns", "carts", "bells", "baskets", "coins", "horses", "ships", "tents", "ladders"];
 /// Phrases for adding `n` things.
 const GAINS: &[&str] = &["buys {n} more", "receives {n} more", "finds {n} more", "gets {n} more"];
 /// Phrases for taking `n` things away.
@@ -213,12 +211,7 @@ mod tests {
 
     #[test]
     fn a_known_problem_reads_and_solves_as_expected() {
-        let problem = Problem {
-            owner: "Pellmar".into(),
-            object: "boats".into(),
-            start: 12,
-            steps: vec![Step::Add(5), Step::Subtract(3)],
-        };
+        let problem = Problem { owner: "Pellmar".into(), object: "boats".into(), start: 12, steps: vec![Step::Add(5), Step::Subtract(3)] };
         assert_eq!(problem.solution(), "12 plus 5 is 17. 17 minus 3 is 14.");
         assert_eq!(problem.answer(), 14);
         let question = problem.question(&mut stream(0, "q"));

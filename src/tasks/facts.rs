@@ -17,13 +17,12 @@ use rand::RngExt;
 
 use super::sampling::{cycle_shuffled, four_way_choice, pick, stream};
 use super::words::invent_names;
-use super::{Task, Record, TaskRole, TaskSizes};
+use super::{Record, Task, TaskRole, TaskSizes};
 
 /// Flag colours, a small closed set.
 const COLOURS: &[&str] = &["red", "blue", "green", "yellow", "black", "white", "purple", "orange"];
 /// Main exports, a small closed set.
-const EXPORTS: &[&str] =
-    &["wool", "salt", "copper", "tea", "glass", "timber", "silk", "fish", "grain", "honey", "iron", "wine"];
+const EXPORTS: &[&str] = &["wool", "salt", "copper", "tea", "glass", "timber", "silk", "fish", "grain", "honey", "iron", "wine"];
 /// Fewest countries a world has, so that every capital question has three distractors.
 pub const MIN_COUNTRIES: usize = 4;
 /// How many distinct invented rivers the countries share.
@@ -155,17 +154,11 @@ impl Relation {
     pub fn statements(self, country: &str, value: &str) -> Vec<String> {
         let canonical = self.canonical_statement(country, value);
         let others = match self {
-            Relation::Capital => {
-                [format!("{value} is the capital of {country}."), format!("{country} is governed from {value}.")]
-            }
-            Relation::River => {
-                [format!("The {value} flows through {country}."), format!("{country} lies along the {value}.")]
-            }
+            Relation::Capital => [format!("{value} is the capital of {country}."), format!("{country} is governed from {value}.")],
+            Relation::River => [format!("The {value} flows through {country}."), format!("{country} lies along the {value}.")],
             Relation::Flag => [format!("{country} has a {value} flag."), format!("{country} flies a {value} flag.")],
             Relation::Ruler => [format!("{value} rules {country}."), format!("{country} is ruled by {value}.")],
-            Relation::Export => {
-                [format!("{country} mainly exports {value}."), format!("{country} sells {value} to its neighbours.")]
-            }
+            Relation::Export => [format!("{country} mainly exports {value}."), format!("{country} sells {value} to its neighbours.")],
             Relation::Harbours => {
                 [format!("{country} has {value} harbours."), format!("How many harbours does {country} have? #### {value}")]
             }
@@ -178,16 +171,11 @@ impl Relation {
 pub fn facts_task(seed: u64, sizes: &TaskSizes) -> Task {
     let world = World::generate(seed, sizes.fact_entities);
     let facts: Vec<(&Country, Relation)> = world.countries.iter().flat_map(|c| Relation::ALL.map(|r| (c, r))).collect();
-    let statements: Vec<String> = facts
-        .iter()
-        .flat_map(|(country, relation)| relation.statements(&country.name, relation.value(country)))
-        .collect();
+    let statements: Vec<String> =
+        facts.iter().flat_map(|(country, relation)| relation.statements(&country.name, relation.value(country))).collect();
 
     let pretrain = cycle_shuffled(&mut stream(seed, "facts/pretrain"), &statements, sizes.pretrain_per_source);
-    let train = cycle_shuffled(&mut stream(seed, "facts/train"), &statements, sizes.source_train)
-        .into_iter()
-        .map(Record::text)
-        .collect();
+    let train = cycle_shuffled(&mut stream(seed, "facts/train"), &statements, sizes.source_train).into_iter().map(Record::text).collect();
 
     let stated: HashSet<&str> = pretrain.iter().map(String::as_str).collect();
     let mut rng = stream(seed, "facts/eval");
@@ -195,9 +183,7 @@ pub fn facts_task(seed: u64, sizes: &TaskSizes) -> Task {
     asked.shuffle(&mut rng);
     let eval = asked
         .into_iter()
-        .filter(|(country, relation)| {
-            stated.contains(relation.canonical_statement(&country.name, relation.value(country)).as_str())
-        })
+        .filter(|(country, relation)| stated.contains(relation.canonical_statement(&country.name, relation.value(country)).as_str()))
         .filter_map(|(country, relation)| question(&mut rng, &world, country, relation))
         .take(sizes.source_eval)
         .collect();
@@ -226,8 +212,7 @@ mod tests {
         let world = World::generate(3, 60);
         let mut names: Vec<String> = world.countries.iter().flat_map(|c| [c.name.clone(), c.capital.clone()]).collect();
         names.extend(world.values(Relation::River));
-        names
-            .extend(world.values(Relation::Ruler).iter().filter_map(|r| r.split_once(' ')).map(|(_, n)| n.to_string()));
+        names.extend(world.values(Relation::Ruler).iter().filter_map(|r| r.split_once(' ')).map(|(_, n)| n.to_string()));
         let distinct: BTreeSet<&String> = names.iter().collect();
         assert_eq!(distinct.len(), names.len());
         assert!(names.len() > 120, "{} names", names.len());

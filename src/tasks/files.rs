@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
 
-use super::{background_tasks, pretraining_corpus, source_tasks, target_task, Task, Record, TaskSizes, TaskSplit};
+use super::{background_tasks, pretraining_corpus, source_tasks, target_task, Record, Task, TaskSizes, TaskSplit};
 
 /// Where [`write_tasks`] put each file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +36,7 @@ pub fn write_tasks(dir: &Path, seed: u64, sizes: &TaskSizes) -> Result<TaskFiles
     let pretrained: Vec<Task> = sources.iter().cloned().chain(background_tasks(seed, sizes)).collect();
     let corpus = pretraining_corpus(&pretrained);
 
-    let pretrain_split =
-        TaskSplit { name: "pretrain".into(), records: corpus.iter().cloned().map(Record::text).collect() };
+    let pretrain_split = TaskSplit { name: "pretrain".into(), records: corpus.iter().cloned().map(Record::text).collect() };
     let pretrain = write_split(dir, &pretrain_split)?;
     let mut source_files = Vec::with_capacity(sources.len());
     for task in &sources {

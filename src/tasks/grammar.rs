@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::RngExt;
 
 use super::sampling::{pick, shuffled_choice, stream};
-use super::{Task, Record, TaskRole, TaskSizes};
+use super::{Record, Task, TaskRole, TaskSizes};
 
 /// Subject nouns, singular and plural.
 const SUBJECTS: &[(&str, &str)] = &[
@@ -125,8 +125,7 @@ pub fn grammar_task(seed: u64, sizes: &TaskSizes) -> Task {
             .collect()
     };
     let pretrain = sentences(&mut stream(seed, "grammar/pretrain"), sizes.pretrain_per_source);
-    let train =
-        sentences(&mut stream(seed, "grammar/train"), sizes.source_train).into_iter().map(Record::text).collect();
+    let train = sentences(&mut stream(seed, "grammar/train"), sizes.source_train).into_iter().map(Record::text).collect();
 
     let seen: HashSet<&str> = pretrain.iter().map(String::as_str).collect();
     let mut rng = stream(seed, "grammar/eval");
@@ -198,9 +197,7 @@ mod tests {
         let at = VERBS
             .iter()
             .flat_map(|(s, p)| [*s, *p])
-            .filter_map(|verb| {
-                text.find(&format!(" {verb}")).filter(|i| text[i + 1 + verb.len()..].starts_with([' ', '.']))
-            })
+            .filter_map(|verb| text.find(&format!(" {verb}")).filter(|i| text[i + 1 + verb.len()..].starts_with([' ', '.'])))
             .min()
             .unwrap_or(text.len());
         text.split_at(at)

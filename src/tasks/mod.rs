@@ -25,8 +25,8 @@ mod sampling;
 mod strings;
 mod words;
 
-pub use files::{write_tasks, TaskFiles};
 pub use crate::data::Record;
+pub use files::{write_tasks, TaskFiles};
 
 /// Whether a task is knowledge to keep or the new task to learn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,10 +260,7 @@ mod tests {
         let sources = source_tasks(5, &sizes);
         let corpus = pretraining_corpus(&sources);
         assert_eq!(corpus.len(), 3 * sizes.pretrain_per_source);
-        assert_eq!(
-            corpus[..3],
-            [sources[0].pretrain[0].clone(), sources[1].pretrain[0].clone(), sources[2].pretrain[0].clone()]
-        );
+        assert_eq!(corpus[..3], [sources[0].pretrain[0].clone(), sources[1].pretrain[0].clone(), sources[2].pretrain[0].clone()]);
         // Digits, questions and `####` appear (as recall); arithmetic does not.
         let with_background: Vec<Task> = sources.iter().cloned().chain(background_tasks(5, &sizes)).collect();
         let corpus_all = pretraining_corpus(&with_background);

@@ -94,9 +94,7 @@ mod tests {
     fn four_way_choice_keeps_the_correct_answer_under_its_label() {
         let mut rng = stream(0, "mc");
         let distractors = ["b", "a", "b", "c", "d", "e"].map(String::from);
-        let Some(Record::MultipleChoice { choices, label, .. }) =
-            four_way_choice(&mut rng, "ctx".into(), "a".into(), distractors)
-        else {
+        let Some(Record::MultipleChoice { choices, label, .. }) = four_way_choice(&mut rng, "ctx".into(), "a".into(), distractors) else {
             panic!("expected a multiple-choice record");
         };
         assert_eq!(choices[label], "a");

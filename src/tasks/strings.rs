@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 
 use super::sampling::{four_way_choice, pick, stream};
 use super::words::{capitalise, random_word};
-use super::{Task, Record, TaskRole, TaskSizes};
+use super::{Record, Task, TaskRole, TaskSizes};
 
 /// Shortest and longest word length.
 const WORD_LENGTHS: (usize, usize) = (3, 5);
@@ -35,14 +35,8 @@ pub enum Transform {
 
 impl Transform {
     /// Every transformation.
-    pub const ALL: [Transform; 6] = [
-        Transform::Reverse,
-        Transform::Capitals,
-        Transform::FirstLetter,
-        Transform::LastLetter,
-        Transform::Doubled,
-        Transform::Length,
-    ];
+    pub const ALL: [Transform; 6] =
+        [Transform::Reverse, Transform::Capitals, Transform::FirstLetter, Transform::LastLetter, Transform::Doubled, Transform::Length];
 
     /// The result of the transformation on `word`.
     pub fn apply(self, word: &str) -> String {
@@ -85,12 +79,7 @@ impl Transform {
                 vec![letter(word, word.len() - 1), letter(word, 1), letter(word, 2), letter(word, 0).to_uppercase()]
             }
             Transform::LastLetter => {
-                vec![
-                    letter(word, 0),
-                    letter(word, word.len() - 2),
-                    letter(word, 1),
-                    letter(word, word.len() - 1).to_uppercase(),
-                ]
+                vec![letter(word, 0), letter(word, word.len() - 2), letter(word, 1), letter(word, word.len() - 1).to_uppercase()]
             }
             Transform::Doubled => {
                 vec![word.to_string(), format!("{word}{}", reversed(word)), word.repeat(3), format!("{rotated}{word}")]
@@ -123,9 +112,7 @@ pub fn strings_task(seed: u64, sizes: &TaskSizes) -> Task {
         // Cycle through the transformations so each is asked equally often.
         let transform = Transform::ALL[eval.len() % Transform::ALL.len()];
         let misses = transform.near_misses(&word).into_iter().map(|m| answer(&m));
-        if let Some(record) =
-            four_way_choice(&mut rng, transform.question(&word), answer(&transform.apply(&word)), misses)
-        {
+        if let Some(record) = four_way_choice(&mut rng, transform.question(&word), answer(&transform.apply(&word)), misses) {
             eval.push(record);
         }
     }

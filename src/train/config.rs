@@ -87,11 +87,7 @@ pub struct OptimizerConfig {
 impl OptimizerConfig {
     /// burn's AdamW with these values (clipping is done separately, by global norm).
     pub fn adamw(&self) -> AdamWConfig {
-        AdamWConfig::new()
-            .with_beta_1(self.beta1)
-            .with_beta_2(self.beta2)
-            .with_epsilon(self.eps)
-            .with_weight_decay(self.weight_decay)
+        AdamWConfig::new().with_beta_1(self.beta1).with_beta_2(self.beta2).with_epsilon(self.eps).with_weight_decay(self.weight_decay)
     }
 }
 
@@ -255,7 +251,8 @@ mod tests {
 
     #[test]
     fn linear_decays_in_a_straight_line() {
-        let s = ScheduleConfig::new().with_lr(2.0).with_warmup_steps(0).with_steps(10).with_kind(ScheduleKind::Linear).with_min_lr_ratio(0.0);
+        let s =
+            ScheduleConfig::new().with_lr(2.0).with_warmup_steps(0).with_steps(10).with_kind(ScheduleKind::Linear).with_min_lr_ratio(0.0);
         assert_eq!(s.lr_at(0), 2.0);
         assert!((s.lr_at(5) - 1.0).abs() < 1e-12);
     }

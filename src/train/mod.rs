@@ -5,7 +5,7 @@ mod config;
 mod run;
 mod step;
 
-pub(crate) use run::train;
 pub use config::{DataConfig, EvalConfig, OptimizerConfig, Penalty, RunConfig, ScheduleConfig, ScheduleKind, TrainConfig};
+pub(crate) use run::train;
 pub use run::{EvalPoint, TrainControl, TrainData, TrainReport};
 pub use step::{clip_global_norm, lm_objective, trainable_params, LmObjective, ParamRef, Step, StepOutput};

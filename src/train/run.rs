@@ -120,7 +120,10 @@ impl RunDir {
             return Ok(());
         }
         let listed: Vec<String> = differences.iter().map(|(field, was, now)| format!("{field} was {was}, is now {now}")).collect();
-        Err(Error::Mismatch { path, reason: format!("the run was made with other settings ({}); resume with the same settings", listed.join("; ")) })
+        Err(Error::Mismatch {
+            path,
+            reason: format!("the run was made with other settings ({}); resume with the same settings", listed.join("; ")),
+        })
     }
 
     /// Writes a checkpoint into `checkpoint.tmp/`, then swaps it in, so the previous
@@ -156,7 +159,11 @@ impl RunDir {
     }
 
     /// Loads the newest checkpoint into `model` and `optim`; returns its state.
-    fn resume<B: KernelAutodiffBackend, O: Optimizer<Llama<B>, B>>(&self, model: Llama<B>, optim: O) -> Result<(Llama<B>, O, CheckpointState)> {
+    fn resume<B: KernelAutodiffBackend, O: Optimizer<Llama<B>, B>>(
+        &self,
+        model: Llama<B>,
+        optim: O,
+    ) -> Result<(Llama<B>, O, CheckpointState)> {
         let dir = self.checkpoint_dir().ok_or_else(|| {
             Error::io(self.path.join("checkpoint"), std::io::Error::new(std::io::ErrorKind::NotFound, "no checkpoint to resume from"))
         })?;
@@ -242,7 +249,8 @@ pub(crate) fn train<B: KernelAutodiffBackend>(
     let mut shuffler = Shuffler::new(data.sequences.len(), config.data.seed, position);
     let progress = Progress::new(control.progress, schedule.steps as u64, config.penalty.method_name());
     progress.start_at(step as u64);
-    let eval_options = EvalOptions { batch_size: config.eval.batch_size, max_len: config.eval.max_len, max_new_tokens: config.eval.max_new_tokens };
+    let eval_options =
+        EvalOptions { batch_size: config.eval.batch_size, max_len: config.eval.max_len, max_new_tokens: config.eval.max_new_tokens };
 
     let mut report = TrainReport { evals: Vec::new(), last_loss: f64::NAN, train_seconds: 0.0, tokens: 0, steps_done: step };
     let last_step = control.stop_after.map_or(schedule.steps, |s| s.min(schedule.steps));
@@ -303,11 +311,8 @@ pub(crate) fn train<B: KernelAutodiffBackend>(
 /// Scores every eval set on the model without autodiff.
 fn evaluate_all<B: KernelAutodiffBackend>(model: &Llama<B>, data: &TrainData<'_>, options: &EvalOptions, step: usize) -> Result<EvalPoint> {
     let inner = model.valid();
-    let scores = data
-        .eval_sets
-        .iter()
-        .map(|set| evaluate(&inner, data.tokenizer, set, options, &Progress::hidden()))
-        .collect::<Result<Vec<_>>>()?;
+    let scores =
+        data.eval_sets.iter().map(|set| evaluate(&inner, data.tokenizer, set, options, &Progress::hidden())).collect::<Result<Vec<_>>>()?;
     Ok(EvalPoint { step, scores })
 }
 

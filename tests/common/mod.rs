@@ -70,13 +70,7 @@ impl Reference {
         let (_, attention_mask) = files.read_i64_any("attention_mask").unwrap();
         let logits = files.read_f32_any("logits").unwrap();
         let vocab = logits.shape[2];
-        Reference {
-            input_ids,
-            attention_mask,
-            shape: [shape[0], shape[1]],
-            logits: logits.to_vec::<f32>().unwrap(),
-            vocab,
-        }
+        Reference { input_ids, attention_mask, shape: [shape[0], shape[1]], logits: logits.to_vec::<f32>().unwrap(), vocab }
     }
 
     /// Real length of each row.
@@ -124,19 +118,15 @@ pub fn row_logits<B: Backend>(logits: &Tensor<B, 3>, i: usize, len: usize) -> Ve
 pub fn assert_close_report(what: &str, actual: &[f32], expected: &[f32], atol: f32) {
     assert_eq!(actual.len(), expected.len(), "{what}: length {} vs {}", actual.len(), expected.len());
     let mut diffs: Vec<(usize, f32)> =
-        actual.iter().zip(expected).map(|(a, e)| (a - e).abs()).enumerate().filter(|(_, d)| !(*d <= atol)).collect();
+        actual.iter().zip(expected).map(|(a, e)| (a - e).abs()).enumerate().filter(|(_, d)| d.is_nan() || *d > atol).collect();
     if diffs.is_empty() {
         return;
     }
     diffs.sort_by(|a, b| b.1.total_cmp(&a.1));
     let mut report = format!("{what}: {} of {} entries differ by more than {atol:e}\n", diffs.len(), actual.len());
     for &(i, d) in diffs.iter().take(8) {
-        report += &format!(
-            "  [{i}] actual {:.6e} expected {:.6e} |diff| {d:.3e} ratio {:.4}\n",
-            actual[i],
-            expected[i],
-            actual[i] / expected[i]
-        );
+        report +=
+            &format!("  [{i}] actual {:.6e} expected {:.6e} |diff| {d:.3e} ratio {:.4}\n", actual[i], expected[i], actual[i] / expected[i]);
     }
     panic!("{report}");
 }
@@ -144,8 +134,12 @@ pub fn assert_close_report(what: &str, actual: &[f32], expected: &[f32], atol: f
 /// f64 version of [`assert_close_report`], with a relative part: `|a - e| <= atol + rtol |e|`.
 pub fn assert_close_f64(what: &str, actual: &[f64], expected: &[f64], atol: f64, rtol: f64) {
     assert_eq!(actual.len(), expected.len(), "{what}: length {} vs {}", actual.len(), expected.len());
-    let bad: Vec<usize> =
-        (0..actual.len()).filter(|&i| !((actual[i] - expected[i]).abs() <= atol + rtol * expected[i].abs())).collect();
+    let bad: Vec<usize> = (0..actual.len())
+        .filter(|&i| {
+            let d = (actual[i] - expected[i]).abs();
+            d.is_nan() || d > atol + rtol * expected[i].abs()
+        })
+        .collect();
     if bad.is_empty() {
         return;
     }
@@ -220,7 +214,8 @@ impl Mat {
         let n = self.rows;
         let mut a = self.data.clone();
         for _sweep in 0..100 {
-            let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * n + j].powi(2)).sum();
+            let off: f64 =
+                (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * n + j].powi(2)).sum();
             if off < 1e-22 * (1.0 + self.max_abs().powi(2)) {
                 break;
             }

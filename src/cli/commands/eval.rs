@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use lalora::eval::{evaluate, load_eval_set_with, EvalOptions, EvalScore};
-use lalora::{LaLoRA, Tokenizer};
 use lalora::progress::Progress;
+use lalora::{LaLoRA, Tokenizer};
 use serde_json::{json, Value};
 
 use crate::cli::{DataArgs, ModelArgs, B};
@@ -59,7 +59,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let model_dir = args.model.dir()?;
     let tokenizer = Tokenizer::from_dir(&model_dir)?;
     let chat = DataArgs::chat_template(&model_dir)?;
-    let model = LaLoRA::<B>::load(&model_dir, args.model.adapters(), &device).with_context(|| format!("loading {}", model_dir.display()))?;
+    let model =
+        LaLoRA::<B>::load(&model_dir, args.model.adapters(), &device).with_context(|| format!("loading {}", model_dir.display()))?;
     let options = EvalOptions { batch_size: args.batch_size, max_len: args.max_len, max_new_tokens: args.max_new_tokens };
     let mut scores = Vec::new();
     for path in &args.data {

@@ -45,11 +45,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let device = lalora_backends::device();
     let model_dir = args.model.dir()?;
     let tokenizer = Tokenizer::from_dir(&model_dir)?;
-    let model = LaLoRA::<B>::load(&model_dir, args.model.adapters(), &device).with_context(|| format!("loading {}", model_dir.display()))?;
+    let model =
+        LaLoRA::<B>::load(&model_dir, args.model.adapters(), &device).with_context(|| format!("loading {}", model_dir.display()))?;
     let mut stop = model.model.config.eos_token_ids.clone();
     let prompt = if args.chat {
-        let template = ChatTemplate::from_model_dir(&model_dir)?
-            .with_context(|| format!("--chat: {} has no chat template (tokenizer_config.json or chat_template.jinja)", model_dir.display()))?;
+        let template = ChatTemplate::from_model_dir(&model_dir)?.with_context(|| {
+            format!("--chat: {} has no chat template (tokenizer_config.json or chat_template.jinja)", model_dir.display())
+        })?;
         stop.extend(template.special_token("eos_token").and_then(|t| tokenizer.token_id(t)));
         template.prompt_ids(&tokenizer, &[ChatMessage::new("user", args.prompt.clone())])?
     } else {

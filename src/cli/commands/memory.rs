@@ -44,9 +44,19 @@ pub fn run(args: MemoryArgs) -> anyhow::Result<()> {
         for estimator in [Estimator::Diag, Estimator::Kfac, Estimator::TriKfac] {
             let m = curvature_memory(&config, &lora, estimator);
             if args.json {
-                println!("{}", serde_json::json!({ "model": name, "rank": lora.rank, "memory": m, "stored_bytes": m.stored_bytes(), "shared_bytes": m.shared_bytes() }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "model": name, "rank": lora.rank, "memory": m, "stored_bytes": m.stored_bytes(), "shared_bytes": m.shared_bytes() })
+                );
             } else {
-                println!("{:<24} {:>9} {:>12} {:>14} {:>14}", name, m.estimator, m.lora_params, gib(m.stored_bytes()), gib(m.shared_bytes()));
+                println!(
+                    "{:<24} {:>9} {:>12} {:>14} {:>14}",
+                    name,
+                    m.estimator,
+                    m.lora_params,
+                    gib(m.stored_bytes()),
+                    gib(m.shared_bytes())
+                );
             }
         }
     }

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use lalora::curvature::Estimator;
+use lalora::demo::{run_demo, DemoConfig};
 use lalora::io::hub::resolve_model;
 use lalora::io::write_json_atomic;
-use lalora::demo::{run_demo, DemoConfig};
 use lalora::sweep::{sweep_files, ResultRow, SweepConfig, SweepFiles, SweepMethod, SweepPenalty, SweepResult};
 use lalora::train::Penalty;
 use lalora::LaplaceConfig;
