@@ -140,6 +140,15 @@ pub enum Error {
     /// A numerical problem during a run (a non-finite loss, say), with where it happened.
     #[error("{0}")]
     Numerical(String),
+    /// A data-parallel peer could not reach the others (a peer died, the coordinator is
+    /// unreachable, a collective call timed out), with which peer, which call and where.
+    #[error("data parallel, peer {peer}: {reason}")]
+    Distributed {
+        /// The global rank of the peer that saw the failure.
+        peer: usize,
+        /// What failed: the call, the address, the timeout.
+        reason: String,
+    },
 }
 
 /// Shorthand for results with [`Error`].

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::curvature::accumulate::Accumulator;
 use crate::curvature::capture::{adapter_infos, capture_batch};
-use crate::curvature::{inner, Curvature, Estimator, FisherType};
+use crate::continual::{term_weights, PriorTerm};
+use crate::curvature::{inner, Curvature, CurvatureSum, Estimator, FisherType};
 use crate::data::{lm_sequences_with, permutation, Batch, LmOptions, Sequence};
 use crate::error::Error;
 use crate::io::{peft, read_json, save_tensors, write_json_atomic, TensorFiles};
@@ -135,6 +136,12 @@ pub struct LaplaceMeta {
     pub seed: u64,
     /// lalora version that wrote it.
     pub lalora_version: String,
+    /// For a prior accumulated over several fits (continual learning, see
+    /// [`crate::continual`]): each fit and its weight in the curvature, oldest first. Empty for
+    /// a single fit. When `curvature.safetensors` holds a sum (`terms.{k}.` names), entry k
+    /// is its term k.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub terms: Vec<PriorTerm>,
 }
 
 /// One adapter's anchor `(A*, B*)`.
@@ -307,9 +314,14 @@ impl<B: Backend> LaplacePrior<B> {
         let curvature_path = dir.join("curvature.safetensors");
         let files = TensorFiles::open_file(&curvature_path)?;
         let device = anchor_model.embed_tokens.device();
-        let curvature = Curvature::from_tensors(meta.curvature, &adapter_infos(anchor_model), |name, shape| {
-            Ok(Tensor::from_data(files.read_f32(name, &shape)?, &device))
-        })?;
+        let read = |name: &str, shape: [usize; 2]| Ok(Tensor::from_data(files.read_f32(name, &shape)?, &device));
+        let curvature = if files.names().iter().any(|n| n.starts_with("terms.")) {
+            // A curvature accumulated over tasks, kept as a sum of terms (see `curvature::sum`).
+            let weights = term_weights(&meta, &dir.join("laplace.json"))?;
+            Curvature::Sum(CurvatureSum::from_tensors(meta.curvature, &weights, &adapter_infos(anchor_model), read)?)
+        } else {
+            Curvature::from_tensors(meta.curvature, &adapter_infos(anchor_model), read)?
+        };
         let expected: usize = curvature.tensors().len();
         if files.names().len() != expected {
             return Err(Error::Mismatch {
@@ -436,7 +448,21 @@ pub fn fit<B: KernelAutodiffBackend>(
     if tokens == 0 {
         return Err(Error::EmptyData { path: "<source data>".into(), reason: "no loss-carrying tokens to fit on".into() });
     }
-    let meta = LaplaceMeta {
+    let meta = fit_meta(lora, sources, config, tokens);
+    // Statistics were summed on the inner backend (no graph); the prior lives on the model's.
+    let inner = LaplacePrior {
+        anchors: anchors_of(&model.valid()),
+        curvature: Some(acc.finish()),
+        prior_precision: config.prior_precision,
+        meta: Some(meta),
+    };
+    let report = FitReport { tokens, batches: batches.len(), seconds: start.elapsed().as_secs_f64(), notes };
+    Ok((LaplacePrior::from_inner(inner), report))
+}
+
+/// What `laplace.json` records about a fit of `config` on `sources` over `tokens` tokens.
+pub(crate) fn fit_meta(lora: &LoraConfig, sources: &[SourceData], config: &LaplaceConfig, tokens: usize) -> LaplaceMeta {
+    LaplaceMeta {
         curvature: config.estimator,
         fisher: config.fisher.name().to_string(),
         samples: if let FisherType::Mc { samples } = config.fisher { samples } else { 1 },
@@ -454,16 +480,8 @@ pub fn fit<B: KernelAutodiffBackend>(
         max_len: config.max_len,
         seed: config.seed,
         lalora_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    // Statistics were summed on the inner backend (no graph); the prior lives on the model's.
-    let inner = LaplacePrior {
-        anchors: anchors_of(&model.valid()),
-        curvature: Some(acc.finish()),
-        prior_precision: config.prior_precision,
-        meta: Some(meta),
-    };
-    let report = FitReport { tokens, batches: batches.len(), seconds: start.elapsed().as_secs_f64(), notes };
-    Ok((LaplacePrior::from_inner(inner), report))
+        terms: Vec::new(),
+    }
 }
 
 /// Whether an adapter's `B = 0` (PEFT's init), where h = 0: the A entries of every estimator

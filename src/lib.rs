@@ -10,8 +10,11 @@
 
 pub mod bench;
 pub mod chat;
+pub mod continual;
 pub mod curvature;
 pub mod data;
+#[cfg(feature = "distributed")]
+pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod generate;

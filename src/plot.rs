@@ -169,6 +169,93 @@ pub(crate) fn padded_range(values: impl Iterator<Item = f64>) -> std::ops::Range
     (low - pad)..(high + pad)
 }
 
+/// Draws one heat map per retention matrix (continual learning: rows are the stages, columns
+/// the tasks, each cell the score after that stage, printed in it) side by side, and writes
+/// the picture to `svg` and `png` through temporary files.
+pub fn write_retention(matrices: &[crate::continual::RetentionMatrix], svg: &Path, png: &Path) -> io::Result<()> {
+    register_font()?;
+    let columns = matrices.iter().map(|m| m.tasks.len()).max().unwrap_or(1).max(1) as u32;
+    let size = ((110 + 70 * columns) * (matrices.len().max(1) as u32), 140 + 44 * matrices.iter().map(|m| m.stages.len()).max().unwrap_or(1) as u32);
+    let draw = |root: DrawingArea<_, Shift>| draw_retention(matrices, root);
+
+    let mut svg_text = String::new();
+    draw(SVGBackend::with_string(&mut svg_text, size).into_drawing_area())?;
+    let svg_tmp = temporary_path(svg);
+    fs::write(&svg_tmp, svg_text).and_then(|()| fs::rename(&svg_tmp, svg)).inspect_err(|_| {
+        let _ = fs::remove_file(&svg_tmp);
+    })?;
+    let png_tmp = png.with_extension("tmp.png");
+    draw_retention(matrices, BitMapBackend::new(&png_tmp, size).into_drawing_area()).and_then(|()| fs::rename(&png_tmp, png)).inspect_err(
+        |_| {
+            let _ = fs::remove_file(&png_tmp);
+        },
+    )
+}
+
+/// The heat maps on any backend.
+fn draw_retention<DB: DrawingBackend>(matrices: &[crate::continual::RetentionMatrix], root: DrawingArea<DB, Shift>) -> io::Result<()> {
+    let result = (|| -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+        root.fill(&WHITE)?;
+        let panels = root.split_evenly((1, matrices.len().max(1)));
+        // One colour scale for every panel: white at the lowest score, blue at the highest.
+        let values = || matrices.iter().flat_map(|m| m.scores.iter().flatten().copied()).filter(|v| v.is_finite());
+        let low = values().fold(0.0f64, f64::min);
+        let high = values().fold(1.0f64, f64::max);
+        for (matrix, panel) in matrices.iter().zip(panels) {
+            let (rows, cols) = (matrix.stages.len(), matrix.tasks.len());
+            let mut chart = ChartBuilder::on(&panel)
+                .caption(&matrix.method, (FONT_FAMILY, 20))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(90)
+                .build_cartesian_2d(0.0..cols as f64, rows as f64..0.0)?;
+            let tasks = matrix.tasks.clone();
+            let stages = matrix.stages.clone();
+            let name = |names: &[String], v: f64| {
+                let i = v.floor() as usize;
+                if (v - i as f64 - 0.5).abs() < 1e-6 {
+                    names.get(i).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            };
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .x_labels(2 * cols + 1)
+                .y_labels(2 * rows + 1)
+                .x_label_formatter(&|v| name(&tasks, *v))
+                .y_label_formatter(&|v| name(&stages, *v))
+                .label_style((FONT_FAMILY, 12))
+                .x_desc("score on")
+                .y_desc("after stage")
+                .axis_desc_style((FONT_FAMILY, 13))
+                .draw()?;
+            for (r, row) in matrix.scores.iter().enumerate() {
+                for (c, &v) in row.iter().enumerate() {
+                    let t = if v.is_finite() && high > low { ((v - low) / (high - low)).clamp(0.0, 1.0) } else { 0.0 };
+                    let shade = |full: f64| (255.0 - t * (255.0 - full)) as u8;
+                    let colour = RGBColor(shade(COLOURS[0].0 as f64), shade(COLOURS[0].1 as f64), shade(COLOURS[0].2 as f64));
+                    let (x, y) = (c as f64, r as f64);
+                    chart.draw_series(std::iter::once(Rectangle::new([(x, y), (x + 1.0, y + 1.0)], colour.filled())))?;
+                    let ink = if t > 0.55 { WHITE } else { BLACK };
+                    let text = if v.is_finite() { format!("{v:.2}") } else { "-".into() };
+                    chart.draw_series(std::iter::once(Text::new(
+                        text,
+                        (x + 0.5, y + 0.5),
+                        (FONT_FAMILY, 14).into_font().color(&ink).pos(plotters::style::text_anchor::Pos::new(
+                            plotters::style::text_anchor::HPos::Center,
+                            plotters::style::text_anchor::VPos::Center,
+                        )),
+                    )))?;
+                }
+            }
+        }
+        root.present()
+    })();
+    result.map_err(|e| io::Error::other(format!("drawing the retention plot: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +329,25 @@ mod tests {
         let dir = scratch("missing").join("no/such/dir");
         let result = write_pareto(&sample(), "t", "x", "y", &dir.join("p.svg"), &dir.join("p.png"));
         assert_eq!(result.map_err(|e| e.kind()), Err(io::ErrorKind::NotFound));
+    }
+
+    #[test]
+    fn retention_heat_maps_name_methods_tasks_and_stages() {
+        let dir = scratch("retention");
+        let mut lora = crate::continual::RetentionMatrix::new("lora", &["facts".into()], &["arithmetic".into(), "codes".into()]);
+        lora.push("start", vec![0.95, 0.05, 0.0]);
+        lora.push("arithmetic", vec![0.6, 0.5, 0.02]);
+        lora.push("codes", vec![0.4, 0.2, 0.81]);
+        let mut other = lora.clone();
+        other.method = "lalora-accumulated".into();
+        let (svg, png) = (dir.join("r.svg"), dir.join("r.png"));
+        write_retention(&[lora, other], &svg, &png).unwrap_or_else(|e| panic!("write_retention: {e}"));
+        let svg_text = fs::read_to_string(&svg).unwrap_or_default();
+        for text in ["lora", "lalora-accumulated", "facts", "codes", "arithmetic", "start", "0.81"] {
+            assert!(svg_text.contains(text), "SVG misses {text}");
+        }
+        assert!(fs::read(&png).unwrap_or_default().starts_with(b"\x89PNG\r\n\x1a\n"));
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+pub mod dist;
 
 use clap::{ArgMatches, CommandFactory, Parser, Subcommand};
 
@@ -44,7 +45,7 @@ enum Command {
     /// Fit the Laplace prior over the LoRA weights on source data (Diag, B-KFAC, B-Tri-KFAC).
     #[command(allow_negative_numbers = true)]
     Laplace(commands::laplace::LaplaceArgs),
-    /// Write the bundled synthetic source skills and arithmetic target task as JSONL.
+    /// Write the bundled synthetic source skills and target tasks as JSONL.
     #[command(allow_negative_numbers = true)]
     Tasks(commands::tasks::TasksArgs),
     /// Build the bundled tiny model: tasks, BPE tokenizer, full-parameter pretraining.
@@ -56,6 +57,10 @@ enum Command {
     /// Train every (method, lambda) setting and compare learning and forgetting (CSV, JSON, plot).
     #[command(allow_negative_numbers = true)]
     Sweep(commands::sweep::SweepArgs),
+    /// Learn target tasks one after another (sequential LoRA, LaLoRA with the source prior,
+    /// LaLoRA with the prior accumulated over tasks) and write the retention matrix.
+    #[command(allow_negative_numbers = true)]
+    Continual(commands::continual::ContinualArgs),
     /// The bundled end-to-end run: tasks, priors, a small sweep, table, plot and its reading.
     #[command(allow_negative_numbers = true)]
     Demo(commands::sweep::DemoArgs),
@@ -81,6 +86,7 @@ pub fn run(cli: Cli, flags: Flags) -> anyhow::Result<()> {
         Command::Pretrain(args) => commands::pretrain::run(args),
         Command::Train(args) => commands::train::run(args, &flags),
         Command::Sweep(args) => commands::sweep::run(args, &flags),
+        Command::Continual(args) => commands::continual::run(args, &flags),
         Command::Demo(args) => commands::sweep::run_demo_command(args),
         Command::Memory(args) => commands::memory::run(args),
         Command::Bench(args) => commands::bench::run(args),

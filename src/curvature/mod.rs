@@ -13,12 +13,14 @@ pub mod memory;
 
 mod diag;
 mod kfac;
+pub mod sum;
 mod tri_kfac;
 
 pub use accumulate::{Accumulator, AdapterInfo, AdapterStats};
 pub use capture::{adapter_infos, capture_batch, tap_stats, FisherType};
 pub use diag::DiagBlock;
 pub use kfac::KfacBlock;
+pub use sum::{CurvatureSum, KroneckerTerm};
 pub use tri_kfac::TriKfacBlock;
 
 use burn::module::Module;
@@ -73,6 +75,9 @@ pub enum Curvature<B: Backend> {
     Kfac(Vec<KfacBlock<B>>),
     /// B-Tri-KFAC.
     TriKfac(Vec<TriKfacBlock<B>>),
+    /// A weighted sum of B-KFAC or B-Tri-KFAC curvatures, kept term by term: a prior
+    /// accumulated over tasks (see [`sum`]).
+    Sum(CurvatureSum<B>),
 }
 
 impl<B: Backend> Curvature<B> {
@@ -82,6 +87,10 @@ impl<B: Backend> Curvature<B> {
             Curvature::Diag(_) => Estimator::Diag,
             Curvature::Kfac(_) => Estimator::Kfac,
             Curvature::TriKfac(_) => Estimator::TriKfac,
+            Curvature::Sum(s) => match s.terms[0] {
+                KroneckerTerm::Kfac(_) => Estimator::Kfac,
+                KroneckerTerm::TriKfac(_) => Estimator::TriKfac,
+            },
         }
     }
 
@@ -91,6 +100,7 @@ impl<B: Backend> Curvature<B> {
             Curvature::Diag(b) => b.len(),
             Curvature::Kfac(b) => b.len(),
             Curvature::TriKfac(b) => b.len(),
+            Curvature::Sum(s) => s.first().len(),
         }
     }
 
@@ -105,6 +115,10 @@ impl<B: Backend> Curvature<B> {
             Curvature::Diag(b) => b.iter().map(|x| x.path.as_str()).collect(),
             Curvature::Kfac(b) => b.iter().map(|x| x.path.as_str()).collect(),
             Curvature::TriKfac(b) => b.iter().map(|x| x.kfac.path.as_str()).collect(),
+            Curvature::Sum(s) => match &s.terms[0] {
+                KroneckerTerm::Kfac(b) => b.iter().map(|x| x.path.as_str()).collect(),
+                KroneckerTerm::TriKfac(b) => b.iter().map(|x| x.kfac.path.as_str()).collect(),
+            },
         }
     }
 
@@ -114,6 +128,7 @@ impl<B: Backend> Curvature<B> {
             Curvature::Diag(b) => b[i].quadratic(d_a, d_b),
             Curvature::Kfac(b) => b[i].quadratic(d_a, d_b),
             Curvature::TriKfac(b) => b[i].quadratic(d_a, d_b),
+            Curvature::Sum(s) => s.quadratic(i, d_a, d_b),
         }
     }
 
@@ -123,6 +138,7 @@ impl<B: Backend> Curvature<B> {
             Curvature::Diag(b) => b[i].product(d_a, d_b),
             Curvature::Kfac(b) => b[i].product(d_a, d_b),
             Curvature::TriKfac(b) => b[i].product(d_a, d_b),
+            Curvature::Sum(s) => s.product(i, d_a, d_b),
         }
     }
 
@@ -132,6 +148,7 @@ impl<B: Backend> Curvature<B> {
             Curvature::Diag(b) => b.iter().map(|x| x.trace()).sum(),
             Curvature::Kfac(b) => b.iter().map(|x| x.trace()).sum(),
             Curvature::TriKfac(b) => b.iter().map(|x| x.kfac.trace()).sum(),
+            Curvature::Sum(s) => s.trace(),
         }
     }
 
@@ -141,6 +158,7 @@ impl<B: Backend> Curvature<B> {
             Curvature::Diag(b) => b.iter().flat_map(|x| x.tensors()).collect(),
             Curvature::Kfac(b) => b.iter().flat_map(|x| x.tensors()).collect(),
             Curvature::TriKfac(b) => b.iter().flat_map(|x| x.tensors()).collect(),
+            Curvature::Sum(s) => s.tensors(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
 
-use super::{background_tasks, pretraining_corpus, source_tasks, target_task, Record, Task, TaskSizes, TaskSplit};
+use super::{background_tasks, pretraining_corpus, source_tasks, target_tasks, Record, Task, TaskSizes, TaskSplit};
 
 /// Where [`write_tasks`] put each file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,19 +20,25 @@ pub struct TaskFiles {
     pub target_train: PathBuf,
     /// `target-arithmetic.test.jsonl`: `{"prompt","answer"}` lines.
     pub target_eval: PathBuf,
-    /// Texts to train the BPE tokenizer on: the pretraining corpus and the target training
-    /// examples (prompt followed by completion), so digits and `####` get tokens too.
+    /// Every target task in continual-learning order (`arithmetic`, `codes`, `trade`): its
+    /// name, its `{"prompt","completion"}` training file and its `{"prompt","answer"}` test file.
+    pub targets: Vec<(String, PathBuf, PathBuf)>,
+    /// Texts to train the BPE tokenizer on: the pretraining corpus and the arithmetic target's
+    /// training examples (prompt followed by completion), so digits and `####` get tokens too.
+    /// (The later targets are left out: the bundled tokenizer predates them.)
     pub tokenizer_corpus: Vec<String>,
 }
 
 /// Generates every task from `seed` and writes it under `dir` (created if missing):
 /// `pretrain.jsonl`, `source-{name}.train.jsonl`, `source-{name}.eval.jsonl`,
-/// `target-arithmetic.train.jsonl`, `target-arithmetic.test.jsonl` and `README.txt`.
+/// `target-{name}.train.jsonl` and `target-{name}.test.jsonl` for every target task, and
+/// `README.txt`.
 /// Each file is written atomically (a temporary file, then renamed into place).
 pub fn write_tasks(dir: &Path, seed: u64, sizes: &TaskSizes) -> Result<TaskFiles> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let sources = source_tasks(seed, sizes);
-    let target = target_task(seed, sizes);
+    let targets = target_tasks(seed, sizes);
+    let target = &targets[0];
     let pretrained: Vec<Task> = sources.iter().cloned().chain(background_tasks(seed, sizes)).collect();
     let corpus = pretraining_corpus(&pretrained);
 
@@ -43,15 +49,20 @@ pub fn write_tasks(dir: &Path, seed: u64, sizes: &TaskSizes) -> Result<TaskFiles
         let (train, eval) = write_task(dir, task)?;
         source_files.push((task.name.clone(), train, eval));
     }
-    let (target_train, target_eval) = write_task(dir, &target)?;
-    write_atomic(&dir.join("README.txt"), readme(seed, &sources, &target).as_bytes())?;
+    let mut target_files = Vec::with_capacity(targets.len());
+    for task in &targets {
+        let (train, test) = write_task(dir, task)?;
+        target_files.push((task.name.clone(), train, test));
+    }
+    let (target_train, target_eval) = (target_files[0].1.clone(), target_files[0].2.clone());
+    write_atomic(&dir.join("README.txt"), readme(seed, &sources, &targets).as_bytes())?;
 
     let examples = target.train.iter().filter_map(|record| match record {
         Record::PromptCompletion { prompt, completion } => Some(format!("{prompt}{completion}")),
         _ => None,
     });
     let tokenizer_corpus = corpus.iter().cloned().chain(examples).collect();
-    Ok(TaskFiles { pretrain, sources: source_files, target_train, target_eval, tokenizer_corpus })
+    Ok(TaskFiles { pretrain, sources: source_files, target_train, target_eval, targets: target_files, tokenizer_corpus })
 }
 
 /// Writes both splits of `task`; returns the train and held-out paths.
@@ -68,7 +79,8 @@ fn write_split(dir: &Path, split: &TaskSplit) -> Result<PathBuf> {
 }
 
 /// The README describing each file in two lines.
-fn readme(seed: u64, sources: &[Task], target: &Task) -> String {
+fn readme(seed: u64, sources: &[Task], targets: &[Task]) -> String {
+    let target = &targets[0];
     let mut text = format!(
         "Synthetic tasks of the lalora forgetting demo, generated from seed {seed}.\n\
          Every file is JSONL: one JSON object per line.\n\n\
@@ -98,12 +110,29 @@ fn readme(seed: u64, sources: &[Task], target: &Task) -> String {
          of the number generated after \"####\": the target score.\n",
         train.name, test.name,
     );
+    for task in &targets[1..] {
+        let about = match task.name.as_str() {
+            "codes" => {
+                "the three-letter code of a name (its first letters in capitals); trained on invented names,\n  \
+                 tested on the countries and capitals of the facts world"
+            }
+            _ => "which main export a country receives when another ships it one (the sender's export, a fact)",
+        };
+        let [train, test] = task.splits();
+        text += &format!(
+            "\n{}.jsonl\n  {{\"prompt\",\"completion\"}} problems on {about}.\n  \
+             A further target for continual learning (lalora continual), learnt after arithmetic.\n\
+             {}.jsonl\n  Held-out {{\"prompt\",\"answer\"}} problems, scored by exact match of the answer after \"####\".\n",
+            train.name, test.name,
+        );
+    }
     text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tasks::target_task;
 
     /// A fresh scratch directory for one test.
     fn scratch(name: &str) -> PathBuf {
@@ -140,10 +169,20 @@ mod tests {
         assert_eq!(read_records(&files.target_train), target.train);
         assert_eq!(read_records(&files.target_eval), target.eval);
         assert_eq!(files.tokenizer_corpus.len(), pretrain.len() + target.train.len());
+        let names: Vec<&str> = files.targets.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(names, ["arithmetic", "codes", "trade"]);
+        for ((name, train, test), task) in files.targets.iter().zip(target_tasks(42, &sizes)) {
+            assert_eq!(*train, dir.join(format!("target-{name}.train.jsonl")));
+            assert_eq!(read_records(train), task.train);
+            assert_eq!(read_records(test), task.eval);
+            assert_eq!(task.train.len(), sizes.target_train, "{name}");
+            assert_eq!(task.eval.len(), sizes.target_test, "{name}");
+        }
         assert!(files.tokenizer_corpus.iter().any(|t| t.contains("####")));
 
         let readme = fs::read_to_string(dir.join("README.txt")).expect("readme");
-        for path in [&files.pretrain, &files.target_train, &files.target_eval] {
+        let target_paths = files.targets.iter().flat_map(|(_, train, test)| [train, test]);
+        for path in [&files.pretrain, &files.target_train, &files.target_eval].into_iter().chain(target_paths) {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             assert!(readme.contains(name), "README misses {name}");
         }

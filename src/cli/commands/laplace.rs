@@ -8,8 +8,9 @@ use clap::Args;
 use lalora::curvature::Estimator;
 use lalora::io::write_json_atomic;
 use lalora::laplace::has_zero_b;
-use lalora::{AdapterSource, LaLoRA, LaplaceConfig, SourceData, Tokenizer};
+use lalora::{AdapterSource, LaLoRA, LaplaceConfig, LaplacePrior, SourceData, Tokenizer};
 
+use crate::cli::dist::{self, DistArgs};
 use crate::cli::{DataArgs, FisherKind, Flags, LoraArgs, ModelArgs, AB};
 
 /// Flags of `lalora laplace`.
@@ -49,6 +50,15 @@ pub struct LaplaceArgs {
     /// Seed of the data order, the adapter init and the label sampler.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Add the new fit to the prior in this directory (continual learning): the result is
+    /// `decay * that prior + the new fit`, anchored at the current adapters (`--adapter`, the
+    /// adapters after the task just learnt). Same curvature, rank and targets required.
+    #[arg(long)]
+    accumulate: Option<PathBuf>,
+    /// gamma: how much of the `--accumulate` prior is kept (1 keeps every task at full
+    /// weight, as in EWC; below 1 older tasks fade, as in online EWC).
+    #[arg(long, default_value_t = 1.0, requires = "accumulate")]
+    decay: f64,
     /// Output directory: curvature.safetensors, laplace.json, anchor/, and run.json (the
     /// resolved flags).
     #[arg(long)]
@@ -57,6 +67,8 @@ pub struct LaplaceArgs {
     /// them.
     #[arg(long)]
     config: Vec<PathBuf>,
+    #[command(flatten)]
+    dist: DistArgs,
 }
 
 /// Runs `lalora laplace`.
@@ -88,9 +100,28 @@ pub fn run(args: LaplaceArgs, flags: &Flags) -> anyhow::Result<()> {
     }
     let read = args.fields.options(args.max_len, None, chat.as_ref());
     let sources = args.data.iter().map(|p| SourceData::read_with(p, &tokenizer, &read)).collect::<lalora::Result<Vec<_>>>()?;
-    let report = lalora.fit_prior(&sources, &config, true)?;
+    let earlier = match &args.accumulate {
+        Some(dir) => Some(LaplacePrior::load(dir, &lalora.model).with_context(|| format!("reading the prior to accumulate, {}", dir.display()))?),
+        None => None,
+    };
+    let plan = args.dist.plan(&device, lalora_backends::NAME)?;
+    let report = match &plan {
+        None => lalora.fit_prior(&sources, &config, true)?,
+        Some(plan) => dist::fit(plan, &mut lalora, &sources, &config)?,
+    };
+    if plan.as_ref().is_some_and(|p| !p.writes_outputs()) {
+        println!("node {}: fit done ({} tokens in all)", plan.as_ref().map_or(0, |p| p.node_rank), report.tokens);
+        return Ok(());
+    }
     for note in &report.notes {
         eprintln!("note: {note}");
+    }
+    if let (Some(earlier), Some(dir)) = (earlier, &args.accumulate) {
+        let fitted = lalora.prior.take().expect("fit_prior keeps the prior");
+        let combined = earlier.accumulate(&fitted, args.decay)?;
+        let terms = combined.meta.as_ref().map_or(1, |m| m.terms.len().max(1));
+        eprintln!("accumulated: {} x {} + the new fit ({terms} fits in the prior)", args.decay, dir.display());
+        lalora.prior = Some(combined);
     }
     lalora.save_prior(&args.out)?;
     write_json_atomic(&args.out.join("run.json"), flags)?;

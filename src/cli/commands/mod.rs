@@ -1,6 +1,7 @@
 //! One module per subcommand, each with its flags and a `run`.
 
 pub mod bench;
+pub mod continual;
 pub mod eval;
 pub mod generate;
 pub mod laplace;

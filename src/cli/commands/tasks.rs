@@ -1,5 +1,5 @@
-//! `lalora tasks`: write the bundled synthetic source skills and the arithmetic target task as
-//! JSONL files.
+//! `lalora tasks`: write the bundled synthetic source skills and the target tasks (arithmetic,
+//! and codes and trade for continual learning) as JSONL files.
 
 use std::path::PathBuf;
 
@@ -28,6 +28,8 @@ pub fn run(args: TasksArgs) -> anyhow::Result<()> {
     for (name, train, eval) in &files.sources {
         println!("source {name:<12} {} (Laplace data), {} (held-out eval)", train.display(), eval.display());
     }
-    println!("target arithmetic   {} (train), {} (test)", files.target_train.display(), files.target_eval.display());
+    for (name, train, test) in &files.targets {
+        println!("target {name:<12} {} (train), {} (test)", train.display(), test.display());
+    }
     Ok(())
 }

@@ -11,6 +11,7 @@ use lalora::io::write_json_atomic;
 use lalora::train::{Penalty, TrainControl, TrainData};
 use lalora::{AdapterSource, LaLoRA, Tokenizer};
 
+use crate::cli::dist::{self, DistArgs};
 use crate::cli::{DataArgs, Flags, LoraArgs, ModelArgs, OptimArgs, AB};
 
 /// How the adapters are regularised.
@@ -72,6 +73,8 @@ pub struct TrainArgs {
     /// them. Repeat for several, later files override earlier ones.
     #[arg(long)]
     config: Vec<PathBuf>,
+    #[command(flatten)]
+    dist: DistArgs,
 }
 
 /// Runs `lalora train`.
@@ -88,6 +91,11 @@ pub fn run(args: TrainArgs, flags: &Flags) -> anyhow::Result<()> {
         (None, Some(adapter)) => AdapterSource::Peft(adapter.clone()),
         (None, None) => AdapterSource::Fresh(args.lora.config(args.seed)),
     };
+    let plan = args.dist.plan(&device, lalora_backends::NAME)?;
+    if plan.is_some() {
+        anyhow::ensure!(!args.resume && args.stop_after.is_none(), "--resume and --stop-after are single-device only for now");
+    }
+    let writes = plan.as_ref().is_none_or(|p| p.writes_outputs());
     let model_dir = args.model.dir()?;
     let tokenizer = Tokenizer::from_dir(&model_dir)?;
     let chat = DataArgs::chat_template(&model_dir)?;
@@ -101,12 +109,30 @@ pub fn run(args: TrainArgs, flags: &Flags) -> anyhow::Result<()> {
     let eval_sets = args.eval.iter().map(|p| load_eval_set_with(p, &tokenizer, &read)).collect::<lalora::Result<Vec<_>>>()?;
     let config = args.optim.train_config(penalty, args.seed, args.checkpoint_every, args.optim.batch_size, 64);
     config.validate()?;
-    if !args.resume {
+    if !args.resume && writes {
         write_json_atomic(&args.out.join("run.json"), flags)?;
     }
     let data = TrainData { sequences: &sequences, eval_sets: &eval_sets, tokenizer: &tokenizer };
-    let control = TrainControl { run_dir: Some(args.out.clone()), resume: args.resume, stop_after: args.stop_after, progress: true };
-    let (lalora, report) = lalora.train(&data, &config, &control)?;
+    let (lalora, report) = match &plan {
+        None => {
+            let control = TrainControl { run_dir: Some(args.out.clone()), resume: args.resume, stop_after: args.stop_after, progress: true };
+            lalora.train(&data, &config, &control)?
+        }
+        Some(plan) => {
+            eprintln!(
+                "data parallel: {} peer(s) here, {} node(s), node rank {}{}",
+                plan.devices.len(),
+                plan.nodes,
+                plan.node_rank,
+                if plan.writes_outputs() { "" } else { " (node 0 writes the outputs)" }
+            );
+            dist::train(plan, lalora, &data, &config, &args.out)?
+        }
+    };
+    if !writes {
+        println!("node {}: {} steps done, final nll {:.4}", plan.as_ref().map_or(0, |p| p.node_rank), report.steps_done, report.last_loss);
+        return Ok(());
+    }
     if !report.finished(&config) {
         println!("stopped after step {}; continue with --resume", report.steps_done);
         return Ok(());
