@@ -149,7 +149,7 @@ impl Cluster {
     /// `B` is the backend the gradients live on (the inner backend of an autodiff one).
     pub fn peer<B: Backend>(self: &Arc<Self>, local_index: usize, device: B::Device) -> Result<Peer<B>> {
         let rank = self.config.node_rank * self.config.local_peers + local_index;
-        let mut peer = Peer { cluster: self.clone(), rank, device, sessions: 0, open: false, broken: None };
+        let mut peer: Peer<B> = Peer { cluster: self.clone(), rank, device, sessions: 0, open: false, broken: None };
         if self.config.nodes == 1 && self.config.local_peers > 1 {
             let config = CollectiveConfig::default().with_num_devices(self.config.local_peers);
             let (id, device) = (PeerId::from(rank), peer.device.clone());

@@ -36,9 +36,10 @@ pub struct ContinualArgs {
     /// bundled model was pretrained on).
     #[arg(long)]
     tasks: Option<PathBuf>,
-    /// Bundled targets to learn, in order (from the tasks directory).
+    /// Bundled targets to learn, in order (from the tasks directory). (Not `--targets`: that
+    /// flag names the adapted projections.)
     #[arg(long, value_delimiter = ',', default_value = "arithmetic,codes,trade")]
-    targets: Vec<String>,
+    sequence: Vec<String>,
     /// Bundled source skills (their `.train` files fit the source prior, their `.eval` files
     /// measure forgetting).
     #[arg(long, value_delimiter = ',', default_value = "facts,strings,grammar")]
@@ -134,7 +135,7 @@ fn files(args: &ContinualArgs) -> anyhow::Result<Files> {
         Ok(path)
     };
     let targets = args
-        .targets
+        .sequence
         .iter()
         .map(|t| Ok((t.clone(), file(format!("target-{t}.train.jsonl"))?, file(format!("target-{t}.test.jsonl"))?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
