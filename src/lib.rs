@@ -28,7 +28,7 @@ pub mod tokenizer;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use lalora_backends::{KernelAutodiffBackend, KernelBackend};
+pub use lalora_backends::{AttentionMask, KernelAutodiffBackend, KernelBackend};
 pub use lalora::LaLoRA;
 pub use llama::{Llama, LlamaConfig};
 pub use lora::{LoraConfig, LoraInit, LoraLinear};

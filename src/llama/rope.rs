@@ -8,6 +8,7 @@
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 use super::config::{LlamaConfig, RopeScaling};
+use crate::KernelBackend;
 
 /// Inverse frequencies `theta^(-2i/d)` for i < d/2, after scaling, in f64.
 pub fn inverse_frequencies(config: &LlamaConfig) -> Vec<f64> {
@@ -40,64 +41,36 @@ pub fn inverse_frequencies(config: &LlamaConfig) -> Vec<f64> {
     }
 }
 
-/// cos and sin tables for a run of positions, materialised at the full `[batch, seq, heads,
-/// head_dim]` shape (element-wise ops on equal shapes take the CPU backends' fast path, where
-/// broadcasting falls back to strided iteration), plus the fixed matrix that computes
-/// `rotate_half` as one small matmul.
+/// cos and sin tables for a run of positions, `[1, len, head_dim / 2]` (both halves of the head
+/// dimension share a frequency), applied by the backend's fused RoPE kernel
+/// ([`KernelBackend::rope`]).
 #[derive(Debug, Clone)]
 pub struct RopeTables<B: Backend> {
-    /// `[batch, seq, heads, head_dim]`
-    pub cos: Tensor<B, 4>,
-    /// `[batch, seq, heads, head_dim]`
-    pub sin: Tensor<B, 4>,
-    /// `[head_dim, head_dim]` with `x R = rotate_half(x) = [-x2, x1]`.
-    pub rotate_half: Tensor<B, 2>,
+    /// `[1, len, head_dim / 2]`
+    pub cos: Tensor<B, 3>,
+    /// `[1, len, head_dim / 2]`
+    pub sin: Tensor<B, 3>,
 }
 
 impl<B: Backend> RopeTables<B> {
-    /// Tables for positions `start .. start + len`, repeated over `batch` and `heads`. Angles
-    /// are computed in f64 on the host and rounded once to f32.
-    pub fn new(inv_freq: &[f64], start: usize, len: usize, batch: usize, heads: usize, device: &B::Device) -> Self {
+    /// Tables for positions `start .. start + len`. Angles are computed in f64 on the host and
+    /// rounded once to f32.
+    pub fn new(inv_freq: &[f64], start: usize, len: usize, device: &B::Device) -> Self {
         let half = inv_freq.len();
-        let head_dim = 2 * half;
-        let mut cos = Vec::with_capacity(batch * len * heads * head_dim);
-        let mut sin = Vec::with_capacity(batch * len * heads * head_dim);
-        for _ in 0..batch {
-            for pos in start..start + len {
-                for _ in 0..heads {
-                    // Both halves of the head dimension use the same frequencies.
-                    for _ in 0..2 {
-                        for f in inv_freq {
-                            let angle = pos as f64 * f;
-                            cos.push(angle.cos() as f32);
-                            sin.push(angle.sin() as f32);
-                        }
-                    }
-                }
-            }
-        }
-        let mut rotate = vec![0f32; head_dim * head_dim];
-        for i in 0..half {
-            rotate[(i + half) * head_dim + i] = -1.0; // out[i] = -x[i + d/2]
-            rotate[i * head_dim + i + half] = 1.0; // out[i + d/2] = x[i]
-        }
-        let shape = [batch, len, heads, head_dim];
+        let angles = (start..start + len).flat_map(|pos| inv_freq.iter().map(move |f| pos as f64 * f));
+        let (cos, sin): (Vec<f32>, Vec<f32>) = angles.map(|a| (a.cos() as f32, a.sin() as f32)).unzip();
+        let shape = [1, len, half];
         RopeTables {
             cos: Tensor::from_data(TensorData::new(cos, shape), device),
             sin: Tensor::from_data(TensorData::new(sin, shape), device),
-            rotate_half: Tensor::from_data(TensorData::new(rotate, [head_dim, head_dim]), device),
         }
     }
+}
 
-    /// Rotates `x`, shaped `[batch, seq, heads, head_dim]` (contiguous, as projections give it).
+impl<B: KernelBackend> RopeTables<B> {
+    /// Rotates `x`, shaped `[batch, seq, heads, head_dim]`.
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [batch, seq, heads, head_dim] = x.dims();
-        let rotated = x
-            .clone()
-            .reshape([batch * seq * heads, head_dim])
-            .matmul(self.rotate_half.clone())
-            .reshape([batch, seq, heads, head_dim]);
-        x * self.cos.clone() + rotated * self.sin.clone()
+        B::rope(x, self.cos.clone(), self.sin.clone())
     }
 }
 
