@@ -16,6 +16,7 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::KernelBackend;
 
 /// The seven Llama projections that can carry an adapter, in HF's names.
 pub const ALL_TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
@@ -190,6 +191,19 @@ impl<B: Backend> LoraLinear<B> {
         self.weight.dims()
     }
 
+    /// Folds the adapter into the base weight: `W = W0 + s (B A - B0 A0)`, no adapter left.
+    pub fn merge(self) -> Self {
+        match &self.adapter {
+            None => self,
+            Some(adapter) => {
+                let merged = self.weight.val() + adapter.delta_weight();
+                LoraLinear::frozen(merged.detach())
+            }
+        }
+    }
+}
+
+impl<B: KernelBackend> LoraLinear<B> {
     /// `y = W0 x + s B A x` (minus the offset term), no dropout, no capture.
     ///
     /// # Shapes
@@ -209,8 +223,14 @@ impl<B: Backend> LoraLinear<B> {
         train: bool,
         taps: Option<&mut Vec<AdapterTap<B>>>,
     ) -> Tensor<B, 3> {
+        let Some(adapter) = &self.adapter else { return linear(x, self.weight.val()) };
+        if taps.is_none() && !(train && adapter.dropout > 0.0) && adapter.offset.is_none() {
+            // The common case as one fused op, forward and backward (`KernelBackend::lora_linear`).
+            let [batch, seq, d_in] = x.dims();
+            let (w, a, b) = (self.weight.val(), adapter.lora_a.val(), adapter.lora_b.val());
+            return B::lora_linear(x.reshape([batch * seq, d_in]), w, a, b, adapter.scale).reshape([batch, seq, self.dims()[0]]);
+        }
         let base = linear(x.clone(), self.weight.val());
-        let Some(adapter) = &self.adapter else { return base };
 
         let x_in = if train && adapter.dropout > 0.0 {
             let keep = 1.0 - adapter.dropout;
@@ -251,16 +271,6 @@ impl<B: Backend> LoraLinear<B> {
         }
     }
 
-    /// Folds the adapter into the base weight: `W = W0 + s (B A - B0 A0)`, no adapter left.
-    pub fn merge(self) -> Self {
-        match &self.adapter {
-            None => self,
-            Some(adapter) => {
-                let merged = self.weight.val() + adapter.delta_weight();
-                LoraLinear::frozen(merged.detach())
-            }
-        }
-    }
 }
 
 /// `x W^T` for `x: [batch, seq, d_in]` and `w: [d_out, d_in]` (HF layout), as one 2-D matmul

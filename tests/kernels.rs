@@ -314,6 +314,48 @@ fn check_elementwise<B: KernelBackend>(backend: &str, rows: usize, device: &B::D
     }
 }
 
+/// The fused LoRA projection on `Autodiff<B>` against `x W^T + s (x A^T) B^T` in plain burn
+/// ops: the value and the gradients w.r.t. x, W, A and B (W trainable here, as in full
+/// pretraining), and with W frozen (LoRA training: no W gradient is computed).
+fn check_lora_linear<B: KernelBackend>(backend: &str, tokens: usize, device: &B::Device) {
+    type AD<B> = Autodiff<B>;
+    // Large enough for gemm to split x W^T over threads (tokens x 200 x 192 multiply-adds).
+    let (d_in, d_out, rank, scale) = (192, 200, 5, 1.7);
+    let mut rng = Lcg(5);
+    // Weights at the usual 1/sqrt(fan-in) scale, so outputs and gradients are O(1).
+    let mut scaled = |n: usize, fan_in: usize| rng.normal(n).into_iter().map(|v| v / (fan_in as f32).sqrt()).collect::<Vec<f32>>();
+    let (ws, as_, bs) = (scaled(d_out * d_in, d_in), scaled(rank * d_in, d_in), scaled(d_out * rank, rank));
+    let (xs, gs) = (rng.normal(tokens * d_in), rng.normal(tokens * d_out));
+    for train_weight in [true, false] {
+        let run = |fused: bool| {
+            let x = tensor::<AD<B>, 2>(xs.clone(), [tokens, d_in], device).require_grad();
+            let w = tensor::<AD<B>, 2>(ws.clone(), [d_out, d_in], device);
+            let w = if train_weight { w.require_grad() } else { w };
+            let a = tensor::<AD<B>, 2>(as_.clone(), [rank, d_in], device).require_grad();
+            let b = tensor::<AD<B>, 2>(bs.clone(), [d_out, rank], device).require_grad();
+            let y = if fused {
+                <AD<B> as KernelBackend>::lora_linear(x.clone(), w.clone(), a.clone(), b.clone(), scale)
+            } else {
+                x.clone().matmul(w.clone().transpose()) + x.clone().matmul(a.clone().transpose()).matmul(b.clone().transpose()).mul_scalar(scale)
+            };
+            let grads = (y.clone() * tensor::<AD<B>, 2>(gs.clone(), [tokens, d_out], device)).sum().backward();
+            let dw = w.grad(&grads).map(to_vec);
+            [Some(to_vec(y.inner())), x.grad(&grads).map(to_vec), dw, a.grad(&grads).map(to_vec), b.grad(&grads).map(to_vec)]
+        };
+        let (ours, reference) = (run(true), run(false));
+        for (part, (a, e)) in ["value", "dx", "dweight", "da", "db"].iter().zip(ours.iter().zip(&reference)) {
+            let what = format!("{backend} lora_linear (weight trained: {train_weight}): {part}");
+            assert_eq!(a.is_some(), e.is_some(), "{what}: gradient present in one and not the other");
+            if let (Some(a), Some(e)) = (a, e) {
+                // Gradients of A and B are sums over every token, with cancellation: compare
+                // normwise, to 1e-5 of the tensor's largest entry.
+                let largest = e.iter().fold(1f32, |m, v| m.max(v.abs()));
+                common::assert_close_report(&what, a, e, ATOL * largest);
+            }
+        }
+    }
+}
+
 macro_rules! kernel_cases {
     ($backend:ident, $long:expr, $rows:expr) => {
         mod $backend {
@@ -355,6 +397,14 @@ macro_rules! kernel_cases {
                     return;
                 }
                 check_elementwise::<B>(stringify!($backend), $rows, &device());
+            }
+
+            #[test]
+            fn lora_linear_values_and_gradients_equal_the_reference() {
+                if !available() {
+                    return;
+                }
+                check_lora_linear::<B>(stringify!($backend), ($rows / 10).max(3), &device());
             }
         }
     };

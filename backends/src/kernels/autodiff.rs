@@ -15,7 +15,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use super::{AttentionMask, AttentionSaved, KernelBackend};
+use super::{AttentionMask, AttentionSaved, KernelBackend, LoraNeeds};
 
 type AD<B, C> = Autodiff<B, C>;
 
@@ -83,6 +83,51 @@ pub fn attention<B: KernelBackend, C: CheckpointStrategy>(
             prep.finish(state, output)
         }
         OpsKind::UnTracked(prep) => prep.finish(raw(<B as KernelBackend>::causal_attention(inner(q.primitive), inner(k.primitive), inner(v.primitive), mask, scale))),
+    };
+    wrap(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// LoRA projection
+
+#[derive(Debug)]
+struct LoraLinearBackward;
+
+impl<B: KernelBackend> Backward<B, 4> for LoraLinearBackward {
+    /// x, weight, a, b, z, scale.
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x, node_w, node_a, node_b] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, weight, a, b, z, scale) = ops.state;
+        let needs = LoraNeeds { x: node_x.is_some(), weight: node_w.is_some(), a: node_a.is_some(), b: node_b.is_some() };
+        let g = B::lora_linear_backward(inner(x), inner(weight), inner(a), inner(b), inner(z), inner(grad), scale, needs);
+        for (node, g) in [(node_x, g.x), (node_w, g.weight), (node_a, g.a), (node_b, g.b)] {
+            if let (Some(node), Some(g)) = (node, g) {
+                grads.register::<B>(node.id, raw(g));
+            }
+        }
+    }
+}
+
+/// A LoRA projection on `Autodiff<B>` (see [`KernelBackend::lora_linear`]): one graph node
+/// instead of the dozen a composed projection records.
+pub fn lora_linear<B: KernelBackend, C: CheckpointStrategy>(
+    x: Tensor<AD<B, C>, 2>,
+    weight: Tensor<AD<B, C>, 2>,
+    a: Tensor<AD<B, C>, 2>,
+    b: Tensor<AD<B, C>, 2>,
+    scale: f64,
+) -> Tensor<AD<B, C>, 2> {
+    let (x, w, a, b) = (primitive(x), primitive(weight), primitive(a), primitive(b));
+    let nodes = [x.node.clone(), w.node.clone(), a.node.clone(), b.node.clone()];
+    let out = match LoraLinearBackward.prepare::<C>(nodes).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let (y, z) = B::lora_linear_forward(inner(x.primitive.clone()), inner(w.primitive.clone()), inner(a.primitive.clone()), inner(b.primitive.clone()), scale);
+            prep.finish((x.primitive, w.primitive, a.primitive, b.primitive, raw(z), scale), raw(y))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(raw(B::lora_linear(inner(x.primitive), inner(w.primitive), inner(a.primitive), inner(b.primitive), scale))),
     };
     wrap(out)
 }

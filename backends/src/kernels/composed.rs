@@ -10,7 +10,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use super::{AttentionGrads, AttentionMask, AttentionSaved};
+use super::{AttentionGrads, AttentionMask, AttentionSaved, LoraGrads, LoraNeeds};
 
 /// Queries per block in the composed attention.
 pub const QUERY_BLOCK: usize = 128;
@@ -149,6 +149,35 @@ pub fn causal_attention_backward<B: Backend>(
         dv = dv.clone().slice_assign(seen.clone(), dv.slice(seen) + dv_block);
     }
     AttentionGrads { q: Tensor::cat(dq, 1), k: dk.swap_dims(1, 2), v: dv.swap_dims(1, 2) }
+}
+
+/// Composed LoRA projection forward: `(y, z)`.
+pub fn lora_linear_forward<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, a: Tensor<B, 2>, b: Tensor<B, 2>, scale: f64) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let z = x.clone().matmul(a.transpose());
+    // The scale goes on the small B rather than on the [tokens, d_out] update.
+    let y = x.matmul(weight.transpose()) + z.clone().matmul(b.mul_scalar(scale).transpose());
+    (y, z)
+}
+
+/// Composed LoRA projection backward.
+#[allow(clippy::too_many_arguments)]
+pub fn lora_linear_backward<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    z: Tensor<B, 2>,
+    grad: Tensor<B, 2>,
+    scale: f64,
+    needs: LoraNeeds,
+) -> LoraGrads<B> {
+    let h = grad.clone().matmul(b.mul_scalar(scale)); // [tokens, r]
+    LoraGrads {
+        x: needs.x.then(|| grad.clone().matmul(weight) + h.clone().matmul(a)),
+        weight: needs.weight.then(|| grad.clone().transpose().matmul(x.clone())),
+        a: needs.a.then(|| h.transpose().matmul(x)),
+        b: needs.b.then(|| grad.transpose().matmul(z).mul_scalar(scale)),
+    }
 }
 
 /// Composed RMSNorm forward: `(y, rms)` with `rms = sqrt(mean(x^2) + eps)`, `[..., 1]`.

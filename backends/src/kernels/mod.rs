@@ -50,6 +50,32 @@ pub struct AttentionGrads<B: Backend> {
     pub v: Tensor<B, 4>,
 }
 
+/// Which inputs of a LoRA projection need a gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoraNeeds {
+    /// The projection's input.
+    pub x: bool,
+    /// The base weight (frozen in LoRA training, trained in full pretraining).
+    pub weight: bool,
+    /// The adapter's A.
+    pub a: bool,
+    /// The adapter's B.
+    pub b: bool,
+}
+
+/// Gradients of a LoRA projection, `None` where [`LoraNeeds`] did not ask.
+#[derive(Debug, Clone)]
+pub struct LoraGrads<B: Backend> {
+    /// `[tokens, d_in]`
+    pub x: Option<Tensor<B, 2>>,
+    /// `[d_out, d_in]`
+    pub weight: Option<Tensor<B, 2>>,
+    /// `[r, d_in]`
+    pub a: Option<Tensor<B, 2>>,
+    /// `[d_out, r]`
+    pub b: Option<Tensor<B, 2>>,
+}
+
 /// A burn backend with lalora's model kernels.
 ///
 /// # Attention layout
@@ -92,7 +118,37 @@ pub trait KernelBackend: Backend {
         composed::causal_attention_backward(q, k, v, saved, grad, mask, scale)
     }
 
-    /// RMSNorm over the last axis: `y = x * rstd * weight`, `rstd = 1 / sqrt(mean(x^2) + eps)`.
+    /// A LoRA projection as one op: `y = x W^T + scale z B^T` with `z = x A^T`.
+    ///
+    /// # Shapes
+    /// - x: `[tokens, d_in]`, weight: `[d_out, d_in]`, a: `[r, d_in]`, b: `[d_out, r]`
+    /// - output: `[tokens, d_out]`
+    fn lora_linear(x: Tensor<Self, 2>, weight: Tensor<Self, 2>, a: Tensor<Self, 2>, b: Tensor<Self, 2>, scale: f64) -> Tensor<Self, 2> {
+        Self::lora_linear_forward(x, weight, a, b, scale).0
+    }
+
+    /// [`Self::lora_linear`], also returning `z = x A^T` (`[tokens, r]`) for the backward.
+    fn lora_linear_forward(x: Tensor<Self, 2>, weight: Tensor<Self, 2>, a: Tensor<Self, 2>, b: Tensor<Self, 2>, scale: f64) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        composed::lora_linear_forward(x, weight, a, b, scale)
+    }
+
+    /// Gradients of [`Self::lora_linear`] given `grad = dL/dy`: with `h = scale grad B`,
+    /// `dx = grad W + h A`, `dW = grad^T x`, `dA = h^T x`, `dB = scale grad^T z`.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_linear_backward(
+        x: Tensor<Self, 2>,
+        weight: Tensor<Self, 2>,
+        a: Tensor<Self, 2>,
+        b: Tensor<Self, 2>,
+        z: Tensor<Self, 2>,
+        grad: Tensor<Self, 2>,
+        scale: f64,
+        needs: LoraNeeds,
+    ) -> LoraGrads<Self> {
+        composed::lora_linear_backward(x, weight, a, b, z, grad, scale, needs)
+    }
+
+    /// RMSNorm over the last axis: `y = x / rms * weight`, `rms = sqrt(mean(x^2) + eps)`.
     ///
     /// # Shapes
     /// - x: `[..., hidden]`, weight: `[hidden]` -> `[..., hidden]`
@@ -100,22 +156,23 @@ pub trait KernelBackend: Backend {
         Self::rms_norm_forward(x, weight, eps).0
     }
 
-    /// [`Self::rms_norm`], also returning `rstd` (`[..., 1]`) for the backward.
+    /// [`Self::rms_norm`], also returning `rms = sqrt(mean(x^2) + eps)` (`[..., 1]`) for the
+    /// backward.
     fn rms_norm_forward<const D: usize>(x: Tensor<Self, D>, weight: Tensor<Self, 1>, eps: f64) -> (Tensor<Self, D>, Tensor<Self, D>) {
         composed::rms_norm_forward(x, weight, eps)
     }
 
     /// Gradients of [`Self::rms_norm`] w.r.t. x and weight, given `grad = dL/dy`:
-    /// `dx = rstd * (w*g - xhat * mean(xhat * w*g))` with `xhat = x * rstd`, and
+    /// `dx = (w*g - xhat * mean(xhat * w*g)) / rms` with `xhat = x / rms`, and
     /// `dweight = sum over rows of g * xhat` (only computed when `weight_grad`).
     fn rms_norm_backward<const D: usize>(
         x: Tensor<Self, D>,
         weight: Tensor<Self, 1>,
-        rstd: Tensor<Self, D>,
+        rms: Tensor<Self, D>,
         grad: Tensor<Self, D>,
         weight_grad: bool,
     ) -> (Tensor<Self, D>, Option<Tensor<Self, 1>>) {
-        composed::rms_norm_backward(x, weight, rstd, grad, weight_grad)
+        composed::rms_norm_backward(x, weight, rms, grad, weight_grad)
     }
 
     /// SwiGLU's gate: `silu(gate) * up`, element-wise.
@@ -144,6 +201,10 @@ pub trait KernelBackend: Backend {
 impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
     fn causal_attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>, mask: &AttentionMask, scale: f64) -> Tensor<Self, 4> {
         autodiff::attention::<B, C>(q, k, v, mask, scale)
+    }
+
+    fn lora_linear(x: Tensor<Self, 2>, weight: Tensor<Self, 2>, a: Tensor<Self, 2>, b: Tensor<Self, 2>, scale: f64) -> Tensor<Self, 2> {
+        autodiff::lora_linear::<B, C>(x, weight, a, b, scale)
     }
 
     fn rms_norm<const D: usize>(x: Tensor<Self, D>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, D> {

@@ -17,6 +17,7 @@
 
 use rayon::prelude::*;
 
+use super::gemm::{matmul, Mat, SharedMut};
 use super::simd::{exp, vectorized};
 use crate::kernels::AttentionMask;
 
@@ -60,71 +61,6 @@ impl Dims {
     }
 }
 
-/// A raw pointer that may cross threads: tasks write disjoint parts of one output buffer.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-// SAFETY: every task writes a disjoint set of elements (documented at each use).
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    /// The pointer (a method, so closures capture the whole `Send` wrapper, not the field).
-    fn at(&self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
-/// A strided matrix operand.
-#[derive(Clone, Copy)]
-struct Mat {
-    ptr: *const f32,
-    /// Row stride.
-    rs: isize,
-    /// Column stride.
-    cs: isize,
-}
-
-/// `dst (rows m, cols n, row stride dst_rs) = [dst +] beta * lhs (m x k) rhs (k x n)`,
-/// single-threaded (the tasks are the parallelism).
-///
-/// # Safety
-/// The pointers must be valid for the given sizes and strides.
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, accumulate: bool, lhs: Mat, rhs: Mat, beta: f32) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for r in 0..m {
-                std::slice::from_raw_parts_mut(dst.add(r * dst_rs), n).fill(0.0);
-            }
-        }
-        return;
-    }
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        accumulate,
-        lhs.ptr,
-        lhs.cs,
-        lhs.rs,
-        rhs.ptr,
-        rhs.cs,
-        rhs.rs,
-        1.0,
-        beta,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    );
-}
-
 /// Per-key additive bias of one batch row: 0 for a real key, -inf for padding.
 fn key_bias(mask: &AttentionMask) -> Option<Vec<f32>> {
     let valid = mask.key_valid.as_ref()?;
@@ -145,22 +81,52 @@ vectorized! {
                 *s += *b;
             }
         }
-        let tile_max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let tile_max = max(row);
         if tile_max == f32::NEG_INFINITY {
             row.fill(0.0);
             return 1.0;
         }
         let new_max = m.max(tile_max);
-        let mut sum = 0.0;
         for s in row.iter_mut() {
             *s = exp(*s - new_max);
-            sum += *s;
         }
         let correction = exp(*m - new_max);
-        *l = *l * correction + sum;
+        *l = *l * correction + sum(row);
         *m = new_max;
         correction
     }
+}
+
+/// Lanes of the partial reductions below: independent accumulators let LLVM vectorise a float
+/// reduction it may not reassociate.
+const LANES: usize = 16;
+
+/// `max(x)` (-inf for an empty slice), vectorisable.
+#[inline(always)]
+fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for t in 0..LANES {
+            acc[t] = if c[t] > acc[t] { c[t] } else { acc[t] };
+        }
+    }
+    tail.iter().chain(acc.iter()).fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
+}
+
+/// `sum(x)`, vectorisable.
+#[inline(always)]
+fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for t in 0..LANES {
+            acc[t] += c[t];
+        }
+    }
+    tail.iter().sum::<f32>() + acc.iter().sum::<f32>()
 }
 
 vectorized! {
@@ -191,7 +157,7 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims, mask: &AttentionMask, s
     let bias = key_bias(mask);
     let q_blocks = d.seq.div_ceil(Q_BLOCK);
     let tasks = d.batch * d.kv_heads * q_blocks;
-    let (out_ptr, lse_ptr) = (SharedMut(out.as_mut_ptr()), SharedMut(lse.as_mut_ptr()));
+    let (out_ptr, lse_ptr) = (SharedMut::new(&mut out), SharedMut::new(&mut lse));
 
     (0..tasks).into_par_iter().for_each_init(
         || (vec![0f32; Q_BLOCK * groups * hd], vec![0f32; Q_BLOCK * groups * K_BLOCK], vec![0f32; Q_BLOCK * groups * hd]),
@@ -218,7 +184,7 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims, mask: &AttentionMask, s
                 unsafe {
                     let lhs = Mat { ptr: qs.as_ptr(), rs: hd as isize, cs: 1 };
                     let k_t = Mat { ptr: k_tile.ptr, rs: 1, cs: k_tile.rs }; // K^T
-                    matmul(rows, kb, hd, scores.as_mut_ptr(), kb, false, lhs, k_t, 1.0);
+                    matmul(rows, kb, hd, scores.as_mut_ptr(), kb, false, lhs, k_t, 1.0, false);
                 }
                 for r in 0..rows {
                     let i = i0 + r / groups;
@@ -233,7 +199,7 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims, mask: &AttentionMask, s
                 unsafe {
                     let p = Mat { ptr: scores.as_ptr(), rs: kb as isize, cs: 1 };
                     let v_tile = Mat { ptr: v[d.k_at(b, k0, kvh)..].as_ptr(), rs: d.k_stride(), cs: 1 };
-                    matmul(rows, hd, kb, acc.as_mut_ptr(), hd, true, p, v_tile, 1.0);
+                    matmul(rows, hd, kb, acc.as_mut_ptr(), hd, true, p, v_tile, 1.0, false);
                 }
             }
             for r in 0..rows {
@@ -254,21 +220,17 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims, mask: &AttentionMask, s
 }
 
 vectorized! {
-    /// `delta = sum(a * b)`.
+    /// `sum(a * b)`.
     fn dot(a: &[f32], b: &[f32]) -> f32 {
-        // Eight partial sums so the loop vectorises without reassociation.
-        let mut acc = [0f32; 8];
-        let chunks = a.len() / 8;
-        for c in 0..chunks {
-            for t in 0..8 {
-                acc[t] += a[c * 8 + t] * b[c * 8 + t];
+        let mut acc = [0f32; LANES];
+        let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+        for (x, y) in ca.zip(cb) {
+            for t in 0..LANES {
+                acc[t] += x[t] * y[t];
             }
         }
-        let mut sum: f32 = acc.iter().sum();
-        for t in chunks * 8..a.len() {
-            sum += a[t] * b[t];
-        }
-        sum
+        tail + acc.iter().sum::<f32>()
     }
 }
 
@@ -378,7 +340,7 @@ pub fn backward(x: BackwardInputs, d: Dims, mask: &AttentionMask, scale: f32) ->
 
     let mut dk = vec![0f32; d.batch * d.keys * d.kv_heads * hd];
     let mut dv = vec![0f32; dk.len()];
-    let (dk_ptr, dv_ptr) = (SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
+    let (dk_ptr, dv_ptr) = (SharedMut::new(&mut dk), SharedMut::new(&mut dv));
     let max_rows = Q_BLOCK * groups;
 
     // Each task returns its partial dQ (grouped rows from `first_row` on).
@@ -418,8 +380,8 @@ pub fn backward(x: BackwardInputs, d: Dims, mask: &AttentionMask, scale: f32) ->
                         // key/value tiles kb rows of hd, the q/grad blocks rows x hd.
                         unsafe {
                             // S = Qs K^T and dP = dO V^T.
-                            matmul(rows, kb, hd, s.scores.as_mut_ptr(), kb, false, q_blk, Mat { ptr: k_ptr, rs: 1, cs: d.k_stride() }, 1.0);
-                            matmul(rows, kb, hd, s.dscores.as_mut_ptr(), kb, false, g_blk, Mat { ptr: v_ptr, rs: 1, cs: d.k_stride() }, 1.0);
+                            matmul(rows, kb, hd, s.scores.as_mut_ptr(), kb, false, q_blk, Mat { ptr: k_ptr, rs: 1, cs: d.k_stride() }, 1.0, false);
+                            matmul(rows, kb, hd, s.dscores.as_mut_ptr(), kb, false, g_blk, Mat { ptr: v_ptr, rs: 1, cs: d.k_stride() }, 1.0, false);
                         }
                         for r in 0..rows {
                             let i = i0 + r / groups;
@@ -437,14 +399,13 @@ pub fn backward(x: BackwardInputs, d: Dims, mask: &AttentionMask, scale: f32) ->
                         }
                         let p = Mat { ptr: s.probs.as_ptr(), rs: kb as isize, cs: 1 };
                         let ds = Mat { ptr: s.dscores.as_ptr(), rs: kb as isize, cs: 1 };
-                        let transposed = |m: Mat| Mat { ptr: m.ptr, rs: m.cs, cs: m.rs };
                         let tile = (k0 - kc0) * hd;
                         unsafe {
                             // dV += P^T dO, dK += dS^T Qs, dQ += scale dS K.
-                            matmul(kb, hd, rows, dv_acc[tile..].as_mut_ptr(), hd, true, transposed(p), g_blk, 1.0);
-                            matmul(kb, hd, rows, dk_acc[tile..].as_mut_ptr(), hd, true, transposed(ds), q_blk, 1.0);
+                            matmul(kb, hd, rows, dv_acc[tile..].as_mut_ptr(), hd, true, p.t(), g_blk, 1.0, false);
+                            matmul(kb, hd, rows, dk_acc[tile..].as_mut_ptr(), hd, true, ds.t(), q_blk, 1.0, false);
                             let dq_rows = dq[(r0 - first_row) * hd..].as_mut_ptr();
-                            matmul(rows, hd, kb, dq_rows, hd, true, ds, Mat { ptr: k_ptr, rs: d.k_stride(), cs: 1 }, scale);
+                            matmul(rows, hd, kb, dq_rows, hd, true, ds, Mat { ptr: k_ptr, rs: d.k_stride(), cs: 1 }, scale, false);
                         }
                     }
                 }
@@ -463,7 +424,7 @@ pub fn backward(x: BackwardInputs, d: Dims, mask: &AttentionMask, scale: f32) ->
 
     // Sum each (batch, kv head)'s partial dQs and scatter them to [batch, seq, heads, d].
     let mut dq = vec![0f32; d.batch * d.seq * d.heads * hd];
-    let dq_ptr = SharedMut(dq.as_mut_ptr());
+    let dq_ptr = SharedMut::new(&mut dq);
     (0..heads).into_par_iter().for_each(|bk| {
         let (b, kvh) = (bk / d.kv_heads, bk % d.kv_heads);
         for (_, first_row, part) in partials.iter().filter(|p| p.0 == bk) {

@@ -9,10 +9,12 @@
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 
-use super::{composed, AttentionGrads, AttentionMask, AttentionSaved, KernelBackend};
+use super::{composed, AttentionGrads, AttentionMask, AttentionSaved, KernelBackend, LoraGrads, LoraNeeds};
 
 pub mod attention;
 mod elementwise;
+mod gemm;
+mod linear;
 pub(crate) mod simd;
 
 /// A contiguous f32 flex buffer of `x`, or `None` when x holds another dtype.
@@ -36,6 +38,14 @@ fn attention_dims(q: &Tensor<Flex, 4>, k: &Tensor<Flex, 4>) -> attention::Dims {
     let [_, keys, kv_heads, _] = k.dims();
     assert_eq!(heads % kv_heads, 0, "attention: {heads} query heads are not a multiple of {kv_heads} kv heads");
     attention::Dims { batch, seq, keys, heads, kv_heads, head_dim }
+}
+
+fn lora_dims(x: &Tensor<Flex, 2>, weight: &Tensor<Flex, 2>, a: &Tensor<Flex, 2>) -> linear::LoraDims {
+    let [tokens, d_in] = x.dims();
+    let [d_out, w_in] = weight.dims();
+    let [rank, a_in] = a.dims();
+    assert!(w_in == d_in && a_in == d_in, "lora_linear: input width {d_in}, weight {w_in}, A {a_in}");
+    linear::LoraDims { tokens, d_in, d_out, rank }
 }
 
 impl KernelBackend for Flex {
@@ -73,6 +83,40 @@ impl KernelBackend for Flex {
         };
         let (dq, dk, dv) = attention::backward(inputs, dims, mask, scale as f32);
         AttentionGrads { q: tensor(dq, q.dims()), k: tensor(dk, k.dims()), v: tensor(dv, v.dims()) }
+    }
+
+    fn lora_linear_forward(x: Tensor<Self, 2>, weight: Tensor<Self, 2>, a: Tensor<Self, 2>, b: Tensor<Self, 2>, scale: f64) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        let [Some(xb), Some(wb), Some(ab), Some(bb)] = [buffer(&x), buffer(&weight), buffer(&a), buffer(&b)] else {
+            return composed::lora_linear_forward(x, weight, a, b, scale);
+        };
+        let dims = lora_dims(&x, &weight, &a);
+        let (y, z) = linear::forward(values(&xb), values(&wb), values(&ab), values(&bb), scale as f32, dims);
+        (tensor(y, [dims.tokens, dims.d_out]), tensor(z, [dims.tokens, dims.rank]))
+    }
+
+    fn lora_linear_backward(
+        x: Tensor<Self, 2>,
+        weight: Tensor<Self, 2>,
+        a: Tensor<Self, 2>,
+        b: Tensor<Self, 2>,
+        z: Tensor<Self, 2>,
+        grad: Tensor<Self, 2>,
+        scale: f64,
+        needs: LoraNeeds,
+    ) -> LoraGrads<Self> {
+        let buffers = [buffer(&x), buffer(&weight), buffer(&a), buffer(&b), buffer(&z), buffer(&grad)];
+        let [Some(xb), Some(wb), Some(ab), Some(bb), Some(zb), Some(gb)] = buffers else {
+            return composed::lora_linear_backward(x, weight, a, b, z, grad, scale, needs);
+        };
+        let d = lora_dims(&x, &weight, &a);
+        let flags = [needs.x, needs.weight, needs.a, needs.b];
+        let [dx, dw, da, db] = linear::backward(values(&xb), values(&wb), values(&ab), values(&bb), values(&zb), values(&gb), scale as f32, d, flags);
+        LoraGrads {
+            x: dx.map(|g| tensor(g, [d.tokens, d.d_in])),
+            weight: dw.map(|g| tensor(g, [d.d_out, d.d_in])),
+            a: da.map(|g| tensor(g, [d.rank, d.d_in])),
+            b: db.map(|g| tensor(g, [d.d_out, d.rank])),
+        }
     }
 
     fn rms_norm_forward<const D: usize>(x: Tensor<Self, D>, weight: Tensor<Self, 1>, eps: f64) -> (Tensor<Self, D>, Tensor<Self, D>) {
