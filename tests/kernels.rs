@@ -356,6 +356,42 @@ fn check_lora_linear<B: KernelBackend>(backend: &str, tokens: usize, device: &B:
     }
 }
 
+/// The LM head loss kernel against cross-entropy of `h W^T` in plain burn ops differentiated
+/// by autodiff: the weighted NLL and the gradients w.r.t. h and W (weights 0 on some tokens,
+/// as padding has; their targets are out of range, which the kernel must not read).
+fn check_lm_head_loss<B: KernelBackend>(backend: &str, tokens: usize, device: &B::Device) {
+    use burn::tensor::activation::log_softmax;
+    use burn::tensor::Int;
+    type AD<B> = Autodiff<B>;
+    let (d, vocab) = (24, 301);
+    let mut rng = Lcg(9);
+    let hs = rng.normal(tokens * d);
+    let ws: Vec<f32> = rng.normal(vocab * d).into_iter().map(|v| v * 0.5).collect();
+    let targets: Vec<i64> = (0..tokens).map(|t| if t % 5 == 4 { 10_000 } else { ((t * 37) % vocab) as i64 }).collect();
+    let weights: Vec<f32> = (0..tokens).map(|t| if t % 5 == 4 { 0.0 } else { 1.0 / tokens as f32 }).collect();
+    let targets_tensor = |device: &B::Device| Tensor::<B, 1, Int>::from_data(TensorData::new(targets.clone(), [tokens]), device);
+
+    let h = tensor::<AD<B>, 2>(hs.clone(), [tokens, d], device).require_grad();
+    let w = tensor::<AD<B>, 2>(ws.clone(), [vocab, d], device).require_grad();
+    let safe_targets: Vec<i64> = targets.iter().map(|&t| t.min(vocab as i64 - 1)).collect();
+    let picked_ids = Tensor::<AD<B>, 2, Int>::from_data(TensorData::new(safe_targets, [tokens, 1]), device);
+    let log_probs = log_softmax(h.clone().matmul(w.clone().transpose()), 1);
+    let nll = (log_probs.gather(1, picked_ids).neg() * tensor::<AD<B>, 2>(weights.clone(), [tokens, 1], device)).sum();
+    let grads = nll.clone().backward();
+    let (nll_ref, dh_ref, dw_ref) = (to_vec(nll.inner()), to_vec(h.grad(&grads).unwrap()), to_vec(w.grad(&grads).unwrap()));
+
+    for head_grad in [true, false] {
+        let out = B::lm_head_loss(tensor(hs.clone(), [tokens, d], device), tensor(ws.clone(), [vocab, d], device), targets_tensor(device), tensor(weights.clone(), [tokens], device), head_grad);
+        let what = |part: &str| format!("{backend} lm_head_loss (head grad {head_grad}): {part}");
+        common::assert_close_report(&what("nll"), &to_vec(out.nll), &nll_ref, ATOL);
+        common::assert_close_report(&what("dh"), &to_vec(out.hidden_grad), &dh_ref, ATOL);
+        assert_eq!(out.head_grad.is_some(), head_grad, "{}", what("head gradient presence"));
+        if let Some(dw) = out.head_grad {
+            common::assert_close_report(&what("dW"), &to_vec(dw), &dw_ref, ATOL);
+        }
+    }
+}
+
 macro_rules! kernel_cases {
     ($backend:ident, $long:expr, $rows:expr) => {
         mod $backend {
@@ -397,6 +433,14 @@ macro_rules! kernel_cases {
                     return;
                 }
                 check_elementwise::<B>(stringify!($backend), $rows, &device());
+            }
+
+            #[test]
+            fn lm_head_loss_and_gradients_equal_the_reference() {
+                if !available() {
+                    return;
+                }
+                check_lm_head_loss::<B>(stringify!($backend), ($rows / 20).max(7), &device());
             }
 
             #[test]

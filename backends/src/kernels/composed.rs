@@ -8,9 +8,9 @@
 //! (FlashAttention's recomputation, at block rather than tile granularity).
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
-use super::{AttentionGrads, AttentionMask, AttentionSaved, LoraGrads, LoraNeeds};
+use super::{AttentionGrads, AttentionMask, AttentionSaved, HeadLoss, LoraGrads, LoraNeeds};
 
 /// Queries per block in the composed attention.
 pub const QUERY_BLOCK: usize = 128;
@@ -178,6 +178,22 @@ pub fn lora_linear_backward<B: Backend>(
         a: needs.a.then(|| h.transpose().matmul(x)),
         b: needs.b.then(|| grad.transpose().matmul(z).mul_scalar(scale)),
     }
+}
+
+/// Composed LM head loss: the whole `[tokens, vocab]` softmax at once.
+pub fn lm_head_loss<B: Backend>(hidden: Tensor<B, 2>, head: Tensor<B, 2>, targets: Tensor<B, 1, Int>, weights: Tensor<B, 1>, head_grad: bool) -> HeadLoss<B> {
+    let logits = hidden.clone().matmul(head.clone().transpose()); // [tokens, vocab]
+    let probs = burn::tensor::activation::softmax(logits.clone(), 1);
+    // log-sum-exp from the most likely token: lse = max o - log(max p), and max p >= 1/vocab.
+    let lse = logits.clone().max_dim(1) - probs.clone().max_dim(1).log(); // [tokens, 1]
+    // Targets of weight-0 tokens (padding) may be anything: read index 0 there instead.
+    let targets = targets.mask_fill(weights.clone().equal_elem(0.0), 0).unsqueeze_dim::<2>(1); // [tokens, 1]
+    let picked = logits.gather(1, targets.clone());
+    let w = weights.unsqueeze_dim::<2>(1); // [tokens, 1]
+    let nll = ((lse - picked) * w.clone()).sum();
+    let logit_grad = (probs * w.clone()).scatter(1, targets, w.neg(), IndexingUpdateOp::Add);
+    let head_grad = head_grad.then(|| logit_grad.clone().transpose().matmul(hidden));
+    HeadLoss { nll, hidden_grad: logit_grad.matmul(head), head_grad }
 }
 
 /// Composed RMSNorm forward: `(y, rms)` with `rms = sqrt(mean(x^2) + eps)`, `[..., 1]`.

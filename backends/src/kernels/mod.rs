@@ -16,7 +16,7 @@
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 mod attention_mask;
 pub mod autodiff;
@@ -74,6 +74,17 @@ pub struct LoraGrads<B: Backend> {
     pub a: Option<Tensor<B, 2>>,
     /// `[d_out, r]`
     pub b: Option<Tensor<B, 2>>,
+}
+
+/// The language-model head's loss and gradients (see [`KernelBackend::lm_head_loss`]).
+#[derive(Debug, Clone)]
+pub struct HeadLoss<B: Backend> {
+    /// `[1]`: `sum_t w_t (-log softmax(o_t)[y_t])`.
+    pub nll: Tensor<B, 1>,
+    /// `[tokens, hidden]`: dL/dh.
+    pub hidden_grad: Tensor<B, 2>,
+    /// `[vocab, hidden]`: dL/dW, when asked for.
+    pub head_grad: Option<Tensor<B, 2>>,
 }
 
 /// A burn backend with lalora's model kernels.
@@ -146,6 +157,19 @@ pub trait KernelBackend: Backend {
         needs: LoraNeeds,
     ) -> LoraGrads<Self> {
         composed::lora_linear_backward(x, weight, a, b, z, grad, scale, needs)
+    }
+
+    /// The LM head and its cross-entropy with closed-form gradients, no autodiff: for logits
+    /// `o_t = W h_t`, labels `y_t` and weights `w_t`, `L = sum_t w_t CE(o_t, y_t)`,
+    /// `dL/do_t = w_t (softmax(o_t) - e_{y_t})`, `dL/dh = (dL/do) W` and `dL/dW = (dL/do)^T h`.
+    /// A backend may work through the tokens in blocks so the `[tokens, vocab]` logits never
+    /// exist at once.
+    ///
+    /// # Shapes
+    /// - hidden: `[tokens, hidden]`, head: `[vocab, hidden]`
+    /// - targets, weights: `[tokens]` (a target is only read where its weight is not 0)
+    fn lm_head_loss(hidden: Tensor<Self, 2>, head: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>, weights: Tensor<Self, 1>, head_grad: bool) -> HeadLoss<Self> {
+        composed::lm_head_loss(hidden, head, targets, weights, head_grad)
     }
 
     /// RMSNorm over the last axis: `y = x / rms * weight`, `rms = sqrt(mean(x^2) + eps)`.

@@ -6,14 +6,15 @@
 //! outputs from `Vec<f32>` without a copy. A tensor of another dtype (flex can hold f16/bf16)
 //! takes the composed path.
 
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Int, Tensor, TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 
-use super::{composed, AttentionGrads, AttentionMask, AttentionSaved, KernelBackend, LoraGrads, LoraNeeds};
+use super::{composed, AttentionGrads, AttentionMask, AttentionSaved, HeadLoss, KernelBackend, LoraGrads, LoraNeeds};
 
 pub mod attention;
 mod elementwise;
 mod gemm;
+mod head;
 mod linear;
 pub(crate) mod simd;
 
@@ -116,6 +117,20 @@ impl KernelBackend for Flex {
             weight: dw.map(|g| tensor(g, [d.d_out, d.d_in])),
             a: da.map(|g| tensor(g, [d.rank, d.d_in])),
             b: db.map(|g| tensor(g, [d.d_out, d.rank])),
+        }
+    }
+
+    fn lm_head_loss(hidden: Tensor<Self, 2>, head: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>, weights: Tensor<Self, 1>, head_grad: bool) -> HeadLoss<Self> {
+        let [Some(hb), Some(wb), Some(lb)] = [buffer(&hidden), buffer(&head), buffer(&weights)] else {
+            return composed::lm_head_loss(hidden, head, targets, weights, head_grad);
+        };
+        let targets: Vec<i64> = targets.into_data().convert::<i64>().to_vec().expect("integer targets");
+        let [tokens, d] = hidden.dims();
+        let (nll, dh, dw) = head::head_loss(values(&hb), values(&wb), &targets, values(&lb), d, head_grad);
+        HeadLoss {
+            nll: tensor(vec![nll as f32], [1]),
+            hidden_grad: tensor(dh, [tokens, d]),
+            head_grad: dw.map(|dw| tensor(dw, head.dims())),
         }
     }
 

@@ -36,13 +36,17 @@ pub(crate) use vectorized;
 
 /// `exp(x)` to about 2 ulp, branch-free so loops over it vectorise (Cephes' `expf`: range
 /// reduction by ln 2, a degree-6 polynomial, the exponent put in by bit manipulation).
-/// Below -87.3 (where f32 underflows) it returns exactly 0, so `exp(-inf) = 0`.
+/// Below -87.3 (where f32 underflows) it returns exactly 0, so `exp(-inf) = 0`; NaN stays NaN.
+///
+/// Written with `max`/`min` and an unchecked float-to-int conversion: `clamp` and the
+/// saturating `as i32` keep LLVM from vectorising the loop (5x slower).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let clamped = x.clamp(-87.336_54, 88.722_83);
+    // `max` returns the other operand for NaN, so `clamped` is always a finite number.
+    let clamped = x.max(-87.336_54).min(88.722_83);
     let n = (clamped * LOG2E + 0.5).floor();
     let r = clamped - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
@@ -52,11 +56,15 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
-    if x < -87.336_54 {
-        0.0
+    // SAFETY: n lies in [-126, 128] (from the clamp), well inside i32.
+    let n = unsafe { n.to_int_unchecked::<i32>() };
+    let scale = f32::from_bits(((n + 127) << 23) as u32);
+    let value = if x < -87.336_54 { 0.0 } else { y * scale };
+    // NaN in, NaN out (the clamp above would have turned it into a number).
+    if x.is_nan() {
+        x
     } else {
-        y * scale
+        value
     }
 }
 
@@ -81,5 +89,6 @@ mod tests {
         assert!(worst < 4e-7, "worst relative error {worst}");
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp(-100.0), 0.0);
+        assert!(exp(f32::NAN).is_nan());
     }
 }
