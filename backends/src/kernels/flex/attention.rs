@@ -67,33 +67,46 @@ fn key_bias(mask: &AttentionMask) -> Option<Vec<f32>> {
     Some(valid.iter().map(|&real| if real { 0.0 } else { f32::NEG_INFINITY }).collect())
 }
 
+/// Per-row limits of a tile: row r (query `i0 + r / groups`) sees keys `k0 .. k0 + limit`
+/// causally (padding aside), `limit` clamped to the tile.
+fn tile_limits(limits: &mut Vec<usize>, rows: usize, groups: usize, i0: usize, k0: usize, kb: usize, mask: &AttentionMask, keys: usize) {
+    limits.clear();
+    limits.extend((0..rows).map(|r| mask.causal_end(i0 + r / groups, keys).saturating_sub(k0).min(kb)));
+}
+
 vectorized! {
-    /// One score row of a key tile in the forward: masks keys `limit..` (causal) and adds the
-    /// padding bias, then updates the running max `m` and sum `l` and turns the row into
-    /// `exp(s - m_new)`. Returns the factor the row's output accumulator must be scaled by.
-    fn online_softmax_row(row: &mut [f32], limit: usize, bias: Option<&[f32]>, m: &mut f32, l: &mut f32) -> f32 {
-        let len = row.len();
-        for s in row[limit.min(len)..].iter_mut() {
-            *s = f32::NEG_INFINITY;
-        }
-        if let Some(bias) = bias {
-            for (s, b) in row.iter_mut().zip(bias) {
-                *s += *b;
+    /// The forward's element-wise work on one score tile (`rows x kb`): masks each row's keys
+    /// from its limit on (causal) and adds the padding bias, updates the row's running max
+    /// `m` and sum `l`, turns the row into `exp(s - m_new)`, and rescales the row's output
+    /// accumulator (`acc`, `rows x hd`) by `exp(m_old - m_new)`.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_tile(scores: &mut [f32], kb: usize, limits: &[usize], bias: Option<&[f32]>, m: &mut [f32], l: &mut [f32], acc: &mut [f32], hd: usize) {
+        let rows = scores.chunks_exact_mut(kb).zip(limits).zip(m.iter_mut().zip(l.iter_mut())).zip(acc.chunks_exact_mut(hd));
+        for (((row, &limit), (m, l)), acc) in rows {
+            row[limit..].fill(f32::NEG_INFINITY);
+            if let Some(bias) = bias {
+                for (s, b) in row.iter_mut().zip(bias) {
+                    *s += *b;
+                }
+            }
+            let tile_max = max(row);
+            if tile_max == f32::NEG_INFINITY {
+                row.fill(0.0);
+                continue;
+            }
+            let new_max = m.max(tile_max);
+            for s in row.iter_mut() {
+                *s = exp(*s - new_max);
+            }
+            let correction = exp(*m - new_max);
+            *l = *l * correction + sum(row);
+            *m = new_max;
+            if correction != 1.0 {
+                for a in acc.iter_mut() {
+                    *a *= correction;
+                }
             }
         }
-        let tile_max = max(row);
-        if tile_max == f32::NEG_INFINITY {
-            row.fill(0.0);
-            return 1.0;
-        }
-        let new_max = m.max(tile_max);
-        for s in row.iter_mut() {
-            *s = exp(*s - new_max);
-        }
-        let correction = exp(*m - new_max);
-        *l = *l * correction + sum(row);
-        *m = new_max;
-        correction
     }
 }
 
@@ -130,15 +143,6 @@ fn sum(x: &[f32]) -> f32 {
 }
 
 vectorized! {
-    /// `row *= factor`.
-    fn scale_row(row: &mut [f32], factor: f32) {
-        for x in row.iter_mut() {
-            *x *= factor;
-        }
-    }
-}
-
-vectorized! {
     /// Copies `src * factor` into `dst`.
     fn copy_scaled(dst: &mut [f32], src: &[f32], factor: f32) {
         for (d, s) in dst.iter_mut().zip(src) {
@@ -160,8 +164,8 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims, mask: &AttentionMask, s
     let (out_ptr, lse_ptr) = (SharedMut::new(&mut out), SharedMut::new(&mut lse));
 
     (0..tasks).into_par_iter().for_each_init(
-        || (vec![0f32; Q_BLOCK * groups * hd], vec![0f32; Q_BLOCK * groups * K_BLOCK], vec![0f32; Q_BLOCK * groups * hd]),
-        |(qs, scores, acc), task| {
+        || (vec![0f32; Q_BLOCK * groups * hd], vec![0f32; Q_BLOCK * groups * K_BLOCK], vec![0f32; Q_BLOCK * groups * hd], Vec::new()),
+        |(qs, scores, acc, limits), task| {
             let (b, rest) = (task / (d.kv_heads * q_blocks), task % (d.kv_heads * q_blocks));
             let (kvh, blk) = (rest / q_blocks, rest % q_blocks);
             let (i0, i1) = (blk * Q_BLOCK, ((blk + 1) * Q_BLOCK).min(d.seq));
@@ -186,15 +190,9 @@ pub fn forward(q: &[f32], k: &[f32], v: &[f32], d: Dims, mask: &AttentionMask, s
                     let k_t = Mat { ptr: k_tile.ptr, rs: 1, cs: k_tile.rs }; // K^T
                     matmul(rows, kb, hd, scores.as_mut_ptr(), kb, false, lhs, k_t, 1.0, false);
                 }
-                for r in 0..rows {
-                    let i = i0 + r / groups;
-                    let limit = mask.causal_end(i, d.keys).saturating_sub(k0);
-                    let row = &mut scores[r * kb..(r + 1) * kb];
-                    let correction = online_softmax_row(row, limit, row_bias.map(|bias| &bias[k0..k0 + kb]), &mut m[r], &mut l[r]);
-                    if correction != 1.0 {
-                        scale_row(&mut acc[r * hd..(r + 1) * hd], correction);
-                    }
-                }
+                tile_limits(limits, rows, groups, i0, k0, kb, mask, d.keys);
+                let tile_bias = row_bias.map(|bias| &bias[k0..k0 + kb]);
+                forward_tile(&mut scores[..rows * kb], kb, limits, tile_bias, &mut m, &mut l, acc, hd);
                 // SAFETY: scores rows x kb, the value tile kb rows of hd, acc rows x hd.
                 unsafe {
                     let p = Mat { ptr: scores.as_ptr(), rs: kb as isize, cs: 1 };
@@ -235,25 +233,30 @@ vectorized! {
 }
 
 vectorized! {
-    /// Backward of one score row: `p = exp(s - lse)` on visible keys (0 elsewhere), written to
-    /// `probs`; `ds = p * (dp - delta)` written over `dp`.
-    fn probs_and_dscores(scores: &[f32], dp: &mut [f32], probs: &mut [f32], limit: usize, bias: Option<&[f32]>, lse: f32, delta: f32) {
-        let limit = limit.min(scores.len());
-        match bias {
-            Some(bias) => {
-                for j in 0..limit {
-                    probs[j] = exp(scores[j] + bias[j] - lse);
+    /// The backward's element-wise work on one tile (`rows x kb`): `p = exp(s - lse)` on the
+    /// keys each row sees (0 elsewhere), written to `probs`, and `ds = p * (dp - delta)`
+    /// written over `dp`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_tile(scores: &[f32], dp: &mut [f32], probs: &mut [f32], kb: usize, limits: &[usize], bias: Option<&[f32]>, lse: &[f32], delta: &[f32]) {
+        let rows = scores.chunks_exact(kb).zip(dp.chunks_exact_mut(kb)).zip(probs.chunks_exact_mut(kb)).zip(limits.iter().zip(lse.iter().zip(delta)));
+        for (((s, dp), p), (&limit, (&lse, &delta))) in rows {
+            let (seen, unseen) = p.split_at_mut(limit);
+            match bias {
+                Some(bias) => {
+                    for ((p, s), b) in seen.iter_mut().zip(s).zip(bias) {
+                        *p = exp(*s + *b - lse);
+                    }
+                }
+                None => {
+                    for (p, s) in seen.iter_mut().zip(s) {
+                        *p = exp(*s - lse);
+                    }
                 }
             }
-            None => {
-                for j in 0..limit {
-                    probs[j] = exp(scores[j] - lse);
-                }
+            unseen.fill(0.0);
+            for (g, p) in dp.iter_mut().zip(p.iter()) {
+                *g = *p * (*g - delta);
             }
-        }
-        probs[limit..].fill(0.0);
-        for (g, p) in dp.iter_mut().zip(probs.iter()) {
-            *g = *p * (*g - delta);
         }
     }
 }
@@ -321,6 +324,7 @@ struct BackwardScratch {
     scores: Vec<f32>,
     probs: Vec<f32>,
     dscores: Vec<f32>,
+    limits: Vec<usize>,
 }
 
 /// Attention backward; returns (dq, dk, dv) in the inputs' layouts.
@@ -347,7 +351,7 @@ pub fn backward(x: BackwardInputs, d: Dims, mask: &AttentionMask, scale: f32) ->
     let partials: Vec<(usize, usize, Vec<f32>)> = (0..heads * chunks)
         .into_par_iter()
         .map_init(
-            || BackwardScratch { scores: vec![0.0; max_rows * K_BLOCK], probs: vec![0.0; max_rows * K_BLOCK], dscores: vec![0.0; max_rows * K_BLOCK] },
+            || BackwardScratch { scores: vec![0.0; max_rows * K_BLOCK], probs: vec![0.0; max_rows * K_BLOCK], dscores: vec![0.0; max_rows * K_BLOCK], limits: Vec::new() },
             |s, task| {
                 let (bk, chunk) = (task / chunks, task % chunks);
                 let (b, kvh) = (bk / d.kv_heads, bk % d.kv_heads);
@@ -383,20 +387,11 @@ pub fn backward(x: BackwardInputs, d: Dims, mask: &AttentionMask, scale: f32) ->
                             matmul(rows, kb, hd, s.scores.as_mut_ptr(), kb, false, q_blk, Mat { ptr: k_ptr, rs: 1, cs: d.k_stride() }, 1.0, false);
                             matmul(rows, kb, hd, s.dscores.as_mut_ptr(), kb, false, g_blk, Mat { ptr: v_ptr, rs: 1, cs: d.k_stride() }, 1.0, false);
                         }
-                        for r in 0..rows {
-                            let i = i0 + r / groups;
-                            let limit = mask.causal_end(i, d.keys).saturating_sub(k0);
-                            let span = r * kb..(r + 1) * kb;
-                            probs_and_dscores(
-                                &s.scores[span.clone()],
-                                &mut s.dscores[span.clone()],
-                                &mut s.probs[span],
-                                limit,
-                                row_bias.map(|bias| &bias[k0..k0 + kb]),
-                                lse[r0 + r],
-                                delta[r0 + r],
-                            );
-                        }
+                        tile_limits(&mut s.limits, rows, groups, i0, k0, kb, mask, d.keys);
+                        let span = ..rows * kb;
+                        let tile_bias = row_bias.map(|bias| &bias[k0..k0 + kb]);
+                        let (lse, delta) = (&lse[r0..r0 + rows], &delta[r0..r0 + rows]);
+                        backward_tile(&s.scores[span], &mut s.dscores[span], &mut s.probs[span], kb, &s.limits, tile_bias, lse, delta);
                         let p = Mat { ptr: s.probs.as_ptr(), rs: kb as isize, cs: 1 };
                         let ds = Mat { ptr: s.dscores.as_ptr(), rs: kb as isize, cs: 1 };
                         let tile = (k0 - kc0) * hd;
