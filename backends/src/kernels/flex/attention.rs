@@ -24,7 +24,7 @@ use crate::kernels::AttentionMask;
 /// Queries per head in one forward task / backward inner block.
 const Q_BLOCK: usize = 64;
 /// Keys per tile.
-const K_BLOCK: usize = 64;
+const K_BLOCK: usize = 128;
 
 /// Problem sizes.
 #[derive(Debug, Clone, Copy)]
