@@ -11,7 +11,7 @@
 mod common;
 
 use burn::backend::Autodiff;
-use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use lalora::{AttentionMask, KernelBackend};
@@ -152,7 +152,15 @@ fn reference_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B
         (0..b * s * keys).map(|n| if mask.allows(n / (s * keys), (n / keys) % s, n % keys, keys) { 0.0 } else { -1e9 }).collect();
     let bias = tensor::<B, 4>(bias, [b, 1, s, keys], &q.device());
     let scores = q.swap_dims(1, 2).matmul(repeat(k).transpose()).mul_scalar(scale) + bias;
-    softmax(scores, 3).matmul(repeat(v)).swap_dims(1, 2)
+    softmax_without_division(scores).matmul(repeat(v)).swap_dims(1, 2)
+}
+
+/// `softmax` over the last axis as `exp(s - max) * sum^-1`. burn-autodiff differentiates a
+/// division through `recip`, which is approximate on ndarray (5e-5 relative), so the
+/// references avoid division (and burn's softmax, which divides).
+fn softmax_without_division<B: Backend>(scores: Tensor<B, 4>) -> Tensor<B, 4> {
+    let exp = (scores.clone() - scores.max_dim(3).detach()).exp();
+    exp.clone() * exp.sum_dim(3).powf_scalar(-1.0)
 }
 
 /// Zeroes the rows (b, i) that see no key, in a `[batch, seq, heads * d]`-ordered vector.
@@ -256,7 +264,8 @@ fn check_elementwise<B: KernelBackend>(backend: &str, rows: usize, device: &B::D
             let y = if fused {
                 <AD<B> as KernelBackend>::rms_norm(x.clone(), w.clone(), 1e-5)
             } else {
-                x.clone() / x.clone().square().mean_dim(2).add_scalar(1e-5).sqrt() * w.clone().unsqueeze()
+                // A power rather than a division: see `softmax_without_division`.
+                x.clone() * x.clone().square().mean_dim(2).add_scalar(1e-5).powf_scalar(-0.5) * w.clone().unsqueeze()
             };
             let grads = (y.clone() * tensor::<AD<B>, 3>(gs.clone(), [2, rows / 2, hidden], device)).sum().backward();
             [to_vec(y.inner()), to_vec(x.grad(&grads).unwrap()), to_vec(w.grad(&grads).unwrap())]
