@@ -69,6 +69,7 @@ fn key_bias(mask: &AttentionMask) -> Option<Vec<f32>> {
 
 /// Per-row limits of a tile: row r (query `i0 + r / groups`) sees keys `k0 .. k0 + limit`
 /// causally (padding aside), `limit` clamped to the tile.
+#[allow(clippy::too_many_arguments)]
 fn tile_limits(limits: &mut Vec<usize>, rows: usize, groups: usize, i0: usize, k0: usize, kb: usize, mask: &AttentionMask, keys: usize) {
     limits.clear();
     limits.extend((0..rows).map(|r| mask.causal_end(i0 + r / groups, keys).saturating_sub(k0).min(kb)));

@@ -72,10 +72,11 @@ vectorized! {
             // mean(xhat * w * g) with xhat = x * inv
             let mut acc = [0f32; 16];
             let chunks = h / 16;
+            // Sixteen independent partial sums, so LLVM vectorises the loop.
             for c in 0..chunks {
-                for t in 0..16 {
+                for (t, acc) in acc.iter_mut().enumerate() {
                     let j = c * 16 + t;
-                    acc[t] += x[j] * weight[j] * g[j];
+                    *acc += x[j] * weight[j] * g[j];
                 }
             }
             let mut dot: f32 = acc.iter().sum();

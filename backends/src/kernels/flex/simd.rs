@@ -40,6 +40,8 @@ pub(crate) use vectorized;
 ///
 /// Written with `max`/`min` and an unchecked float-to-int conversion: `clamp` and the
 /// saturating `as i32` keep LLVM from vectorising the loop (5x slower).
+// Cephes' coefficients are kept as published; `clamp` would block vectorisation (above).
+#[allow(clippy::manual_clamp, clippy::excessive_precision)]
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
