@@ -17,9 +17,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::continual::{term_weights, PriorTerm};
 use crate::curvature::accumulate::Accumulator;
 use crate::curvature::capture::{adapter_infos, capture_batch};
-use crate::continual::{term_weights, PriorTerm};
 use crate::curvature::{inner, Curvature, CurvatureSum, Estimator, FisherType};
 use crate::data::{lm_sequences_with, permutation, Batch, LmOptions, Sequence};
 use crate::error::Error;

@@ -175,7 +175,10 @@ pub(crate) fn padded_range(values: impl Iterator<Item = f64>) -> std::ops::Range
 pub fn write_retention(matrices: &[crate::continual::RetentionMatrix], svg: &Path, png: &Path) -> io::Result<()> {
     register_font()?;
     let columns = matrices.iter().map(|m| m.tasks.len()).max().unwrap_or(1).max(1) as u32;
-    let size = ((110 + 70 * columns) * (matrices.len().max(1) as u32), 140 + 44 * matrices.iter().map(|m| m.stages.len()).max().unwrap_or(1) as u32);
+    let size = (
+        (110 + 70 * columns) * (matrices.len().max(1) as u32),
+        140 + 44 * matrices.iter().map(|m| m.stages.len()).max().unwrap_or(1) as u32,
+    );
     let draw = |root: DrawingArea<_, Shift>| draw_retention(matrices, root);
 
     let mut svg_text = String::new();

@@ -175,7 +175,6 @@ fn accumulated_priors_equal_the_weighted_sum_of_the_materialised_matrices() {
         let three = loaded.accumulate(&third, gamma).unwrap();
         if let Curvature::Sum(sum) = three.curvature.as_ref().unwrap() {
             assert_eq!(sum.terms.len(), 3, "{name}");
-            
         }
         let parts = [(gamma * gamma, &first), (gamma, &second), (1.0, &third)];
         let theirs = explicit_quadratic(&parts, &third, &moved);

@@ -201,7 +201,12 @@ mod run {
     }
 
     /// Without the feature: an error saying how to get it.
-    pub fn fit<B: KernelAutodiffBackend>(_: &Plan<B::Device>, _: &mut LaLoRA<B>, _: &[SourceData], _: &LaplaceConfig) -> anyhow::Result<FitReport> {
+    pub fn fit<B: KernelAutodiffBackend>(
+        _: &Plan<B::Device>,
+        _: &mut LaLoRA<B>,
+        _: &[SourceData],
+        _: &LaplaceConfig,
+    ) -> anyhow::Result<FitReport> {
         anyhow::bail!(MISSING)
     }
 }

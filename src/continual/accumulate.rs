@@ -100,7 +100,10 @@ impl<B: Backend> LaplacePrior<B> {
         let fitted = |p: &LaplacePrior<B>, which: &str| -> Result<(Curvature<B>, LaplaceMeta)> {
             match (&p.curvature, &p.meta) {
                 (Some(c), Some(m)) => Ok((c.clone(), m.clone())),
-                _ => Err(Error::arg("accumulate", format!("the {which} prior has no fitted curvature (an isotropic prior cannot be accumulated)"))),
+                _ => Err(Error::arg(
+                    "accumulate",
+                    format!("the {which} prior has no fitted curvature (an isotropic prior cannot be accumulated)"),
+                )),
             }
         };
         let (old_curvature, old_meta) = fitted(self, "earlier")?;
@@ -108,7 +111,11 @@ impl<B: Backend> LaplacePrior<B> {
         if old_meta.curvature != new_meta.curvature {
             return Err(Error::arg(
                 "accumulate",
-                format!("the earlier prior uses {}, the new fit {}: use one estimator", old_meta.curvature.name(), new_meta.curvature.name()),
+                format!(
+                    "the earlier prior uses {}, the new fit {}: use one estimator",
+                    old_meta.curvature.name(),
+                    new_meta.curvature.name()
+                ),
             ));
         }
         if old_meta.rank != new_meta.rank || (old_meta.scale - new_meta.scale).abs() > 1e-9 * new_meta.scale.abs().max(1.0) {

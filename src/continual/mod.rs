@@ -16,8 +16,8 @@ mod accumulate;
 mod retention;
 mod run;
 
-pub use accumulate::PriorTerm;
 pub(crate) use accumulate::term_weights;
+pub use accumulate::PriorTerm;
 pub use retention::{RetentionMatrix, RetentionSummary, SeedStatistics, TaskKind};
 pub use run::{run_continual, ContinualConfig, ContinualData, ContinualMethod, ContinualResult, ContinualTarget};
 

@@ -160,7 +160,9 @@ pub fn weighted_sum<B: Backend>(curvatures: Vec<(f64, Curvature<B>)>, adapters: 
     let mut flat: Vec<(f64, Curvature<B>)> = Vec::new();
     for (w, c) in curvatures {
         match c {
-            Curvature::Sum(sum) => flat.extend(sum.weights.iter().map(|wk| wk * w).zip(sum.terms.into_iter().map(KroneckerTerm::into_curvature))),
+            Curvature::Sum(sum) => {
+                flat.extend(sum.weights.iter().map(|wk| wk * w).zip(sum.terms.into_iter().map(KroneckerTerm::into_curvature)))
+            }
             plain => flat.push((w, plain)),
         }
     }

@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
-use burn_collective::{all_reduce, finish_collective, register, AllReduceStrategy, CollectiveConfig, CollectiveError, PeerId, ReduceOperation};
+use burn_collective::{
+    all_reduce, finish_collective, register, AllReduceStrategy, CollectiveConfig, CollectiveError, PeerId, ReduceOperation,
+};
 use burn_communication::Address;
 
 use crate::error::{Error, Result};
@@ -86,7 +88,10 @@ impl ClusterConfig {
             return Err(Error::arg("nodes", "needs at least one node"));
         }
         if self.node_rank >= self.nodes {
-            return Err(Error::arg("node-rank", format!("is {}, but there are {} nodes (ranks 0..{})", self.node_rank, self.nodes, self.nodes)));
+            return Err(Error::arg(
+                "node-rank",
+                format!("is {}, but there are {} nodes (ranks 0..{})", self.node_rank, self.nodes, self.nodes),
+            ));
         }
         if self.timeout.is_zero() {
             return Err(Error::arg("collective-timeout", "must be positive"));
@@ -275,7 +280,11 @@ impl<B: Backend> Peer<B> {
 
     /// Runs a blocking collective call on a helper thread and waits for it at most the
     /// timeout.
-    fn call<T: Send + 'static>(&mut self, what: &str, f: impl FnOnce() -> std::result::Result<T, CollectiveError> + Send + 'static) -> Result<T> {
+    fn call<T: Send + 'static>(
+        &mut self,
+        what: &str,
+        f: impl FnOnce() -> std::result::Result<T, CollectiveError> + Send + 'static,
+    ) -> Result<T> {
         if let Some(reason) = &self.broken {
             return Err(self.error(&format!("{what}: the collective failed earlier ({reason})")));
         }

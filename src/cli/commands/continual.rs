@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use lalora::continual::{aggregate, run_continual, write_matrices, ContinualConfig, ContinualData, ContinualMethod, ContinualResult, ContinualTarget};
+use lalora::continual::{
+    aggregate, run_continual, write_matrices, ContinualConfig, ContinualData, ContinualMethod, ContinualResult, ContinualTarget,
+};
 use lalora::curvature::Estimator;
 use lalora::data::lm_sequences_with;
 use lalora::eval::load_eval_set_with;
@@ -112,8 +114,7 @@ fn files(args: &ContinualArgs) -> anyhow::Result<Files> {
             .target_files
             .iter()
             .map(|spec| {
-                let (train, eval) =
-                    spec.split_once(',').with_context(|| format!("--target {spec}: expected TRAIN_FILE,EVAL_FILE"))?;
+                let (train, eval) = spec.split_once(',').with_context(|| format!("--target {spec}: expected TRAIN_FILE,EVAL_FILE"))?;
                 let name = Path::new(eval).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                 let name = name.strip_suffix(".eval").or_else(|| name.strip_suffix(".test")).unwrap_or(&name).to_string();
                 Ok((name, PathBuf::from(train), PathBuf::from(eval)))
@@ -234,7 +235,10 @@ pub fn run(args: ContinualArgs, flags: &Flags) -> anyhow::Result<()> {
 
     let (means, stats) = aggregate(&runs);
     write_matrices(&means, &args.out, "retention-mean")?;
-    write_json_atomic(&args.out.join("summary.json"), &serde_json::json!({ "seeds": args.seeds, "mean_matrices": means, "statistics": stats }))?;
+    write_json_atomic(
+        &args.out.join("summary.json"),
+        &serde_json::json!({ "seeds": args.seeds, "mean_matrices": means, "statistics": stats }),
+    )?;
     println!("\nover {} seed(s): mean (std) of the final row", runs.len());
     println!("{:<20} {:>16} {:>16} {:>16} {:>18}", "method", "average final", "targets", "sources", "target forgetting");
     for s in &stats {

@@ -101,7 +101,9 @@ pub fn run(args: LaplaceArgs, flags: &Flags) -> anyhow::Result<()> {
     let read = args.fields.options(args.max_len, None, chat.as_ref());
     let sources = args.data.iter().map(|p| SourceData::read_with(p, &tokenizer, &read)).collect::<lalora::Result<Vec<_>>>()?;
     let earlier = match &args.accumulate {
-        Some(dir) => Some(LaplacePrior::load(dir, &lalora.model).with_context(|| format!("reading the prior to accumulate, {}", dir.display()))?),
+        Some(dir) => {
+            Some(LaplacePrior::load(dir, &lalora.model).with_context(|| format!("reading the prior to accumulate, {}", dir.display()))?)
+        }
         None => None,
     };
     let plan = args.dist.plan(&device, lalora_backends::NAME)?;

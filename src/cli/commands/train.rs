@@ -115,7 +115,8 @@ pub fn run(args: TrainArgs, flags: &Flags) -> anyhow::Result<()> {
     let data = TrainData { sequences: &sequences, eval_sets: &eval_sets, tokenizer: &tokenizer };
     let (lalora, report) = match &plan {
         None => {
-            let control = TrainControl { run_dir: Some(args.out.clone()), resume: args.resume, stop_after: args.stop_after, progress: true };
+            let control =
+                TrainControl { run_dir: Some(args.out.clone()), resume: args.resume, stop_after: args.stop_after, progress: true };
             lalora.train(&data, &config, &control)?
         }
         Some(plan) => {
