@@ -94,6 +94,8 @@ fn explicit_quadratic(prior: &LaplacePrior<AB>, model: &Llama<AB>) -> f64 {
                 put(na, na, &Mat::from_tensor(&k.g_b).kron(&Mat::from_tensor(&k.x_b)), false);
                 put(0, na, &Mat::from_tensor(&b[i].g_ab).kron(&Mat::from_tensor(&b[i].x_ab)), true);
             }
+            // Sums over tasks are tested in tests/continual.rs.
+            Curvature::Sum(_) => panic!("a single fit is never a sum"),
         }
         for k in 0..n {
             p.data[k * n + k] += prior.prior_precision;
