@@ -253,7 +253,7 @@ impl<B: Backend> Peer<B> {
         self.sessions += 1;
         // Every node has finished the other coordinator's last session and none can start its
         // next one before this all-reduce: the moment to restart it.
-        if self.rank == 0 && self.sessions % RESTART_EVERY == 0 {
+        if self.rank == 0 && self.sessions.is_multiple_of(RESTART_EVERY) {
             let mut coordinator = self.cluster.coordinator.lock().expect("coordinator lock");
             if let Some(c) = coordinator.as_mut() {
                 c.restart(1 - parity).map_err(|e| self.error(&e.to_string()))?;

@@ -117,13 +117,13 @@ pub fn fit_parallel<B: KernelAutodiffBackend>(
     config.validate()?;
     let home = lalora.model.embed_tokens.device();
     let (model, lora) = (&lalora.model, &lalora.lora);
-    let results: Vec<Result<Option<(LaplacePrior<B>, FitReport)>>> = std::thread::scope(|scope| {
+    let results: Vec<super::PeerOutcome<(LaplacePrior<B>, FitReport)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = devices
             .iter()
             .enumerate()
             .map(|(i, device)| {
                 let (model, device) = (model.clone().fork(device), device.clone());
-                scope.spawn(move || -> Result<Option<(LaplacePrior<B>, FitReport)>> {
+                scope.spawn(move || -> super::PeerOutcome<(LaplacePrior<B>, FitReport)> {
                     let mut peer = cluster.peer::<Inner<B>>(i, device)?;
                     let out = fit_peer(&mut peer, &model, lora, sources, config, progress)?;
                     peer.finish()?;

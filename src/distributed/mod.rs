@@ -36,9 +36,13 @@ pub use train::{train_parallel, train_peer};
 
 use crate::error::{Error, Result};
 
+/// What one local peer's thread returns: its error, or its output (only the first peer's is
+/// kept).
+type PeerOutcome<T> = Result<Option<T>>;
+
 /// The first local peer's output, or the most telling error: a peer's own failure before
 /// the timeouts it caused in the others.
-fn first_result<T>(results: Vec<Result<Option<T>>>) -> Result<T> {
+fn first_result<T>(results: Vec<PeerOutcome<T>>) -> Result<T> {
     let mut first = None;
     let mut errors = Vec::new();
     for result in results {

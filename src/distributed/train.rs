@@ -256,14 +256,14 @@ pub fn train_parallel<B: KernelAutodiffBackend>(
     }
     config.validate()?;
     let LaLoRA { model, lora, prior } = lalora;
-    let results: Vec<Result<Option<(Llama<B>, TrainReport)>>> = std::thread::scope(|scope| {
+    let results: Vec<super::PeerOutcome<(Llama<B>, TrainReport)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = devices
             .iter()
             .enumerate()
             .map(|(i, device)| {
                 let (model, prior, lora) = (model.clone().fork(device), prior.clone().map(|p| p.to_device(device)), &lora);
                 let device = device.clone();
-                scope.spawn(move || -> Result<Option<(Llama<B>, TrainReport)>> {
+                scope.spawn(move || -> super::PeerOutcome<(Llama<B>, TrainReport)> {
                     let mut peer = cluster.peer::<Inner<B>>(i, device)?;
                     let out = train_peer(&mut peer, model, lora, prior.as_ref(), data, config, run_dir, progress)?;
                     peer.finish()?;
