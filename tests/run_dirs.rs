@@ -12,30 +12,34 @@ use common::*;
 use lalora::io::lock::DirLock;
 use lalora::llama::Llama;
 
-fn lalora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lalora")).args(args).output().unwrap()
+fn lalora<S: AsRef<str>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lalora")).args(args.iter().map(|a| a.as_ref())).output().unwrap()
+}
+
+fn joined<S: AsRef<str>>(args: &[S]) -> String {
+    args.iter().map(|a| a.as_ref()).collect::<Vec<_>>().join(" ")
 }
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn ok(args: &[&str]) -> String {
+fn ok<S: AsRef<str>>(args: &[S]) -> String {
     let out = lalora(args);
-    assert!(out.status.success(), "lalora {}\n{}", args.join(" "), stderr(&out));
+    assert!(out.status.success(), "lalora {}\n{}", joined(args), stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs a command that must fail without a panic; returns stderr, which must contain every
 /// piece of `expected`.
-fn fails(args: &[&str], expected: &[&str]) -> String {
+fn fails<S: AsRef<str>>(args: &[S], expected: &[&str]) -> String {
     let out = lalora(args);
     let err = stderr(&out);
-    assert!(!out.status.success(), "lalora {} succeeded", args.join(" "));
-    assert!(!err.contains("panicked") && out.status.code() != Some(101), "lalora {}: panicked\n{err}", args.join(" "));
+    assert!(!out.status.success(), "lalora {} succeeded", joined(args));
+    assert!(!err.contains("panicked") && out.status.code() != Some(101), "lalora {}: panicked\n{err}", joined(args));
     for piece in expected {
-        assert!(err.contains(piece), "lalora {}: `{piece}` not in\n{err}", args.join(" "));
+        assert!(err.contains(piece), "lalora {}: `{piece}` not in\n{err}", joined(args));
     }
     err
 }
@@ -60,12 +64,27 @@ fn workspace(name: &str) -> (PathBuf, PathBuf, PathBuf) {
     (model, source, target)
 }
 
-fn train_args<'a>(model: &'a Path, data: &'a Path, run: &'a Path) -> Vec<&'a str> {
-    vec!["train", "--model", s(model), "--data", s(data), "--steps", "4", "--batch-size", "4", "--rank", "2", "--alpha", "4", "--out", s(run)]
+fn train_args(model: &Path, data: &Path, run: &Path) -> Vec<String> {
+    let args = ["train", "--model", s(model), "--data", s(data), "--steps", "4", "--batch-size", "4", "--rank", "2", "--alpha", "4", "--out", s(run)];
+    args.iter().map(|a| a.to_string()).collect()
 }
 
-fn with<'a>(base: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
-    [base, more].concat()
+/// `base` with the flags of `more`: a flag `base` already has gets the new value (clap
+/// refuses a repeated flag, which would hide the check under test), others are appended.
+fn with<S: AsRef<str>>(base: &[S], more: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = base.iter().map(|a| a.as_ref().to_string()).collect();
+    let mut i = 0;
+    while i < more.len() {
+        let flag = more[i];
+        let value = more.get(i + 1).filter(|v| !v.starts_with("--")).copied();
+        let at = args.iter().position(|a| a == flag);
+        match (at, value) {
+            (Some(at), Some(value)) if at + 1 < args.len() && !args[at + 1].starts_with("--") => args[at + 1] = value.to_string(),
+            _ => args.extend([flag.to_string()].into_iter().chain(value.map(str::to_string))),
+        }
+        i += 1 + usize::from(value.is_some());
+    }
+    args
 }
 
 fn fit_prior(model: &Path, source: &Path, out: &Path, seed: &str) {
@@ -139,7 +158,7 @@ fn a_resume_with_other_settings_or_inputs_is_refused_naming_them() {
     // The LoRA shape and scale come from the prior here; a fresh-adapter run checks them below.
     let other_data = model.join("other.jsonl");
     std::fs::write(&other_data, std::fs::read_to_string(&target).unwrap().replace("Add", "Sum")).unwrap();
-    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+    let cases: Vec<(Vec<String>, &[&str])> = vec![
         (with(&base, &["--lambda", "2"]), &["train.penalty.lambda was 1.0, is now 2.0"]),
         (with(&base, &["--seed", "5"]), &["train.data.seed"]),
         (with(&base, &["--lr", "1e-3"]), &["train.schedule.lr"]),
@@ -170,8 +189,8 @@ fn a_resume_with_other_settings_or_inputs_is_refused_naming_them() {
     Llama::<TestBackend>::init_random(&config, 7, &device()).save(&same_shape).unwrap();
     std::fs::copy(model.join("tokenizer.json"), same_shape.join("tokenizer.json")).unwrap();
     let mut other_model = base.clone();
-    other_model[2] = s(&same_shape);
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    other_model[2] = s(&same_shape).to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
         (with(&base, &["--rank", "4"]), "lora.rank was 2, is now 4"),
         (with(&base, &["--alpha", "8"]), "lora.alpha"),
         (with(&base, &["--targets", "q_proj,v_proj"]), "lora.targets"),

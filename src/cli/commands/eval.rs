@@ -33,9 +33,10 @@ pub struct EvalArgs {
     #[arg(long, value_parser = token_length)]
     max_len: Option<usize>,
     /// Tokens generated at most per generation item; below --max-len, as prompt and answer
-    /// share it (the prompt keeps its last --max-len minus this many tokens).
-    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
-    max_new_tokens: usize,
+    /// share it (the prompt keeps its last --max-len minus this many tokens). Default: 64, or
+    /// half the token limit if that is less.
+    #[arg(long, value_parser = at_least_one)]
+    max_new_tokens: Option<usize>,
     /// Print JSON instead of a table: for one file, that set's object (for text: `tokens`,
     /// `nll_per_token`, `perplexity`, `sequences`); for several, `{"sets": [...]}`.
     #[arg(long)]
@@ -63,13 +64,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let tokenizer = Tokenizer::for_model(&model_dir, model.model.config.vocab_size)?;
     let chat = DataArgs::chat_template(&model_dir)?;
     let max_len = max_len(args.max_len, 1024, &model.model.config, &model_dir)?;
+    let max_new_tokens = args.max_new_tokens.unwrap_or(64.min(max_len / 2));
     anyhow::ensure!(
-        args.max_new_tokens < max_len,
-        "--max-new-tokens {} must be below the token limit {max_len} (--max-len, at most the model's context): the prompt \
-         and the generated answer share it",
-        args.max_new_tokens
+        max_new_tokens < max_len,
+        "--max-new-tokens {max_new_tokens} must be below the token limit {max_len} (--max-len, at most the model's context): \
+         the prompt and the generated answer share it"
     );
-    let options = EvalOptions { batch_size: args.batch_size, max_len, max_new_tokens: args.max_new_tokens };
+    let options = EvalOptions { batch_size: args.batch_size, max_len, max_new_tokens };
     let mut scores = Vec::new();
     for path in &args.data {
         let set = load_eval_set_with(path, &tokenizer, &args.fields.options(max_len, None, chat.as_ref()))?;
