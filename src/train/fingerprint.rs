@@ -3,14 +3,14 @@
 //! whose inputs differ is refused with the differing item named.
 //!
 //! The hashes are cheap: the base model is identified by its config and a few values of every
-//! frozen tensor (the first, middle and last 64; another checkpoint of the same shape differs
+//! base tensor (the first, middle and last 64; another checkpoint of the same shape differs
 //! there), the data by its token ids and loss masks, the adapters by all their values (they
 //! are small), a loaded prior by its `laplace.json` record (which holds the hashes of its
 //! files) and its anchor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -59,28 +59,39 @@ impl RunInputs {
     }
 }
 
-/// The config and sampled values of every frozen tensor, in module order.
+/// The config and sampled values of every base tensor (adapters aside: they are identified by
+/// id, as a backend without autodiff reports no tensor as trainable), in module order.
 fn model_hash<B: Backend>(model: &Llama<B>) -> String {
-    struct Sample<'a>(&'a mut ContentHasher);
+    struct Sample<'a> {
+        hasher: &'a mut ContentHasher,
+        adapters: HashSet<ParamId>,
+    }
     impl<B: Backend> ModuleVisitor<B> for Sample<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            if param.is_require_grad() {
+            if self.adapters.contains(&param.id) {
                 return;
             }
             let flat = param.val().flatten::<1>(0, D - 1);
             let n = flat.dims()[0];
-            self.0.u64(n as u64);
+            self.hasher.u64(n as u64);
             let starts = if n <= 3 * SAMPLE { vec![0] } else { vec![0, n / 2 - SAMPLE / 2, n - SAMPLE] };
             for start in starts {
                 let len = SAMPLE.min(n - start);
                 let values: Vec<f32> = flat.clone().narrow(0, start, len).into_data().convert::<f32>().to_vec().unwrap_or_default();
-                self.0.f32s(&values);
+                self.hasher.f32s(&values);
             }
+        }
+    }
+    let mut adapters = HashSet::new();
+    for adapter in model.adapters() {
+        adapters.extend([adapter.lora_a.id, adapter.lora_b.id]);
+        if let Some(offset) = &adapter.offset {
+            adapters.extend([offset.lora_a.id, offset.lora_b.id]);
         }
     }
     let mut hasher = ContentHasher::new();
     hasher.text(&serde_json::to_string(&model.config).unwrap_or_default());
-    model.visit(&mut Sample(&mut hasher));
+    model.visit(&mut Sample { hasher: &mut hasher, adapters });
     hasher.finish()
 }
 
