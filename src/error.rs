@@ -194,3 +194,20 @@ impl Error {
         Error::BadArgument { name: name.into(), reason: reason.into() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_said_so_with_the_file() {
+        // ENOSPC, as writing to /dev/full gives.
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").and_then(|mut f| std::io::Write::write_all(&mut f, b"x"));
+        let source = full.err().unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::StorageFull));
+        let text = Error::io("run/checkpoint.tmp/optimizer.bin", source).to_string();
+        assert!(text.starts_with("disk full while writing run/checkpoint.tmp/optimizer.bin"), "{text}");
+        assert!(!text.contains("Io {"), "{text}");
+        let other = Error::io("a.json", std::io::Error::from(std::io::ErrorKind::PermissionDenied)).to_string();
+        assert!(other.starts_with("a.json: "), "{other}");
+    }
+}

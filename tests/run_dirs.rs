@@ -65,7 +65,23 @@ fn workspace(name: &str) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 fn train_args(model: &Path, data: &Path, run: &Path) -> Vec<String> {
-    let args = ["train", "--model", s(model), "--data", s(data), "--steps", "4", "--batch-size", "4", "--rank", "2", "--alpha", "4", "--out", s(run)];
+    let args = [
+        "train",
+        "--model",
+        s(model),
+        "--data",
+        s(data),
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--rank",
+        "2",
+        "--alpha",
+        "4",
+        "--out",
+        s(run),
+    ];
     args.iter().map(|a| a.to_string()).collect()
 }
 
@@ -89,8 +105,25 @@ fn with<S: AsRef<str>>(base: &[S], more: &[&str]) -> Vec<String> {
 
 fn fit_prior(model: &Path, source: &Path, out: &Path, seed: &str) {
     ok(&[
-        "laplace", "--model", s(model), "--data", s(source), "--init", "offset", "--rank", "2", "--alpha", "4", "--batches", "2",
-        "--batch-size", "4", "--seed", seed, "--out", s(out),
+        "laplace",
+        "--model",
+        s(model),
+        "--data",
+        s(source),
+        "--init",
+        "offset",
+        "--rank",
+        "2",
+        "--alpha",
+        "4",
+        "--batches",
+        "2",
+        "--batch-size",
+        "4",
+        "--seed",
+        seed,
+        "--out",
+        s(out),
     ]);
 }
 
@@ -113,7 +146,21 @@ fn a_tokenizer_id_past_the_vocabulary_is_refused_by_every_command() {
     let out = model.join("sweep");
     let (src, tgt) = (s(&source), s(&target));
     fails(
-        &["sweep", "--model", s(&model), "--train", tgt, "--laplace-data", src, "--source-eval", src, "--target-eval", tgt, "--out", s(&out)],
+        &[
+            "sweep",
+            "--model",
+            s(&model),
+            "--train",
+            tgt,
+            "--laplace-data",
+            src,
+            "--source-eval",
+            src,
+            "--target-eval",
+            tgt,
+            "--out",
+            s(&out),
+        ],
         &expected,
     );
 }
@@ -258,7 +305,8 @@ fn a_diverging_run_keeps_a_usable_checkpoint_and_can_continue_with_a_lower_lr() 
         let err = fails(&with(&base, &["--lr", lr]), &["stopped", "--resume --allow-change lr", "--force"]);
         // Whatever checkpoint was kept evaluates to a finite loss.
         if run.join("checkpoint/adapter").exists() {
-            let out = ok(&["eval", "--model", s(&model), "--adapter", s(&run.join("checkpoint/adapter")), "--data", s(&text_eval), "--json"]);
+            let out =
+                ok(&["eval", "--model", s(&model), "--adapter", s(&run.join("checkpoint/adapter")), "--data", s(&text_eval), "--json"]);
             let v: serde_json::Value = serde_json::from_str(&out).unwrap();
             assert!(v["nll_per_token"].as_f64().unwrap().is_finite(), "lr {lr}: the kept checkpoint gives {v}\n{err}");
         }
@@ -357,11 +405,27 @@ fn numeric_flags_out_of_range_are_refused_naming_the_flag() {
     assert!(!run.join("config.json").exists(), "no refused run started");
     let prior = model.join("prior");
     let laplace = ["laplace", "--model", s(&model), "--data", s(&source), "--out", s(&prior)];
-    for (flag, value) in [("--samples", "0"), ("--batches", "0"), ("--batch-size", "0"), ("--prior-precision", "-1"), ("--prior-precision", "nan")] {
+    for (flag, value) in
+        [("--samples", "0"), ("--batches", "0"), ("--batch-size", "0"), ("--prior-precision", "-1"), ("--prior-precision", "nan")]
+    {
         fails(&with(&laplace, &[flag, value]), &[flag]);
     }
     let (src, tgt) = (s(&source), s(&target));
-    let sweep = ["sweep", "--model", s(&model), "--train", tgt, "--laplace-data", src, "--source-eval", src, "--target-eval", tgt, "--out", s(&run)];
+    let sweep = [
+        "sweep",
+        "--model",
+        s(&model),
+        "--train",
+        tgt,
+        "--laplace-data",
+        src,
+        "--source-eval",
+        src,
+        "--target-eval",
+        tgt,
+        "--out",
+        s(&run),
+    ];
     for (flag, value) in [
         ("--laplace-batch-size", "0"),
         ("--laplace-batches", "0"),
@@ -377,7 +441,9 @@ fn numeric_flags_out_of_range_are_refused_naming_the_flag() {
         fails(&with(&eval, &[flag, value]), &[flag]);
     }
     let generate = ["generate", "--model", s(&model), "--prompt", "The"];
-    for (flag, value) in [("--temperature", "-1"), ("--temperature", "nan"), ("--top-p", "0"), ("--top-p", "nan"), ("--max-new-tokens", "0")] {
+    for (flag, value) in
+        [("--temperature", "-1"), ("--temperature", "nan"), ("--top-p", "0"), ("--top-p", "nan"), ("--max-new-tokens", "0")]
+    {
         fails(&with(&generate, &[flag, value]), &[flag]);
     }
     for (flag, value) in [("--steps", "0"), ("--lr", "-1"), ("--lambda", "0")] {
@@ -402,9 +468,24 @@ fn a_finished_run_resumed_says_so_and_output_paths_are_named() {
     let inside = blocker.join("out");
     fails(&["tasks", "--tiny", "--out", s(&inside)], &[s(&blocker)]);
     let tgt = s(&target);
-    fails(&["sweep", "--model", s(&model), "--train", tgt, "--laplace-data", tgt, "--source-eval", tgt, "--target-eval", tgt, "--out", s(&inside)], &[
-        s(&blocker),
-    ]);
+    fails(
+        &[
+            "sweep",
+            "--model",
+            s(&model),
+            "--train",
+            tgt,
+            "--laplace-data",
+            tgt,
+            "--source-eval",
+            tgt,
+            "--target-eval",
+            tgt,
+            "--out",
+            s(&inside),
+        ],
+        &[s(&blocker)],
+    );
     fails(&with(&train_args(&model, &target, &inside), &[]), &[s(&blocker)]);
 }
 
@@ -414,10 +495,10 @@ fn method_and_adapter_flags_that_would_be_ignored_are_refused() {
     let prior = model.join("prior");
     fit_prior(&model, &source, &prior, "0");
     let base = train_args(&model, &target, &model.join("run"));
-    fails(&with(&base, &["--method", "lalora", "--laplace", s(&prior), "--lambda", "1", "--adapter", s(&prior.join("anchor"))]), &[
-        "--adapter",
-        "--laplace",
-    ]);
+    fails(
+        &with(&base, &["--method", "lalora", "--laplace", s(&prior), "--lambda", "1", "--adapter", s(&prior.join("anchor"))]),
+        &["--adapter", "--laplace"],
+    );
     fails(&with(&base, &["--laplace", s(&prior)]), &["--laplace"]);
     fails(&with(&base, &["--lambda", "3"]), &["--lambda", "lora"]);
 }
@@ -493,9 +574,37 @@ fn a_sweep_keeps_the_settings_that_finish_when_one_diverges() {
     let (src, tgt) = (s(&source), s(&target));
     // lambda 1e30 makes the penalty overflow once the adapters move; lambda 1 trains.
     ok(&[
-        "sweep", "--model", s(&model), "--train", tgt, "--laplace-data", src, "--source-eval", src, "--target-eval", tgt, "--out", s(&out),
-        "--methods", "l2", "--l2-lambda", "1,1e30", "--steps", "3", "--batch-size", "4", "--rank", "2", "--alpha", "4", "--lr", "1e-2",
-        "--init", "offset", "--laplace-batch-size", "4",
+        "sweep",
+        "--model",
+        s(&model),
+        "--train",
+        tgt,
+        "--laplace-data",
+        src,
+        "--source-eval",
+        src,
+        "--target-eval",
+        tgt,
+        "--out",
+        s(&out),
+        "--methods",
+        "l2",
+        "--l2-lambda",
+        "1,1e30",
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--rank",
+        "2",
+        "--alpha",
+        "4",
+        "--lr",
+        "1e-2",
+        "--init",
+        "offset",
+        "--laplace-batch-size",
+        "4",
     ]);
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     let l2: Vec<&str> = csv.lines().filter(|l| l.starts_with("l2,")).collect();
@@ -584,8 +693,12 @@ fn runs_killed_at_random_points_resume_to_the_same_adapter() {
     let got = std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap_or_default();
     assert!(got == expected, "seed {seed}: after {kills} kills the adapter differs from the uninterrupted run's");
     let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
-    let steps: Vec<u64> =
-        log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v.get("nll").is_some()).map(|v| v["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("nll").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
     assert_eq!(steps, (1..=16).collect::<Vec<u64>>(), "seed {seed}: every step logged once, in order\n{log}");
     eprintln!("seed {seed}: {kills} kills, uninterrupted run {whole:?}");
 }
@@ -644,7 +757,10 @@ fn bad_inputs_give_errors_never_panics() {
     let missing = model.join("missing");
     let gone = s(&missing);
     let train = |data: &str, out: &str| -> Vec<String> {
-        ["train", "--model", m, "--data", data, "--steps", "2", "--batch-size", "2", "--rank", "2", "--out", out].iter().map(|a| a.to_string()).collect()
+        ["train", "--model", m, "--data", data, "--steps", "2", "--batch-size", "2", "--rank", "2", "--out", out]
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
     };
     let fresh = |name: &str| model.join(name).to_str().unwrap().to_string();
     let cases: Vec<(Vec<String>, &str)> = vec![
@@ -666,16 +782,31 @@ fn bad_inputs_give_errors_never_panics() {
         (with(&train(&empty, &fresh("r-empty")), &[]), &empty),
         (with(&train(&not_json, &fresh("r-json")), &[]), &not_json),
         (with(&train(tgt, &fresh("r-prior-json")), &["--method", "lalora", "--lambda", "1", "--laplace", &prior_json]), "laplace.json"),
-        (with(&train(tgt, &fresh("r-prior-curv")), &["--method", "lalora", "--lambda", "1", "--laplace", &prior_curvature]), "curvature.safetensors"),
+        (
+            with(&train(tgt, &fresh("r-prior-curv")), &["--method", "lalora", "--lambda", "1", "--laplace", &prior_curvature]),
+            "curvature.safetensors",
+        ),
         (with(&train(tgt, &fresh("r-prior-gone")), &["--method", "lalora", "--lambda", "1", "--laplace", gone]), gone),
         (with(&train(tgt, &fresh("r-config")), &["--config", &bad_yaml]), &bad_yaml),
         (with(&train(tgt, &fresh("r-unknown")), &["--config", &unknown_key]), "stepz"),
-        (with(&train_args(&model, &target, Path::new(&state)), &["--stop-after", "2", "--checkpoint-every", "1", "--resume"]), "state.json"),
-        (with(&train_args(&model, &target, Path::new(&optimizer)), &["--stop-after", "2", "--checkpoint-every", "1", "--resume"]), "optimizer"),
-        (with(&train_args(&model, &target, Path::new(&run_config)), &["--stop-after", "2", "--checkpoint-every", "1", "--resume"]), "config.json"),
+        (
+            with(&train_args(&model, &target, Path::new(&state)), &["--stop-after", "2", "--checkpoint-every", "1", "--resume"]),
+            "state.json",
+        ),
+        (
+            with(&train_args(&model, &target, Path::new(&optimizer)), &["--stop-after", "2", "--checkpoint-every", "1", "--resume"]),
+            "optimizer",
+        ),
+        (
+            with(&train_args(&model, &target, Path::new(&run_config)), &["--stop-after", "2", "--checkpoint-every", "1", "--resume"]),
+            "config.json",
+        ),
         (with(&train(tgt, gone), &["--resume"]), "config.json"),
         (with(&["laplace", "--model", m, "--data", &empty, "--out", &fresh("p-empty")], &[]), &empty),
-        (with(&["laplace", "--model", m, "--data", src, "--adapter", &adapter_garbage, "--out", &fresh("p-adapter")], &[]), "adapter_model.safetensors"),
+        (
+            with(&["laplace", "--model", m, "--data", src, "--adapter", &adapter_garbage, "--out", &fresh("p-adapter")], &[]),
+            "adapter_model.safetensors",
+        ),
         (with(&["merge", "--model", m, "--adapter", &adapter_garbage, "--out", &fresh("merged")], &[]), "adapter_model.safetensors"),
         (with(&["plot", gone], &[]), gone),
     ];

@@ -181,11 +181,7 @@ impl OptimArgs {
                     .with_min_lr_ratio(self.min_lr_ratio),
             )
             .with_data(
-                DataConfig::new()
-                    .with_batch_size(self.batch_size)
-                    .with_grad_accum(self.grad_accum)
-                    .with_max_len(max_len)
-                    .with_seed(seed),
+                DataConfig::new().with_batch_size(self.batch_size).with_grad_accum(self.grad_accum).with_max_len(max_len).with_seed(seed),
             )
             .with_eval(
                 EvalConfig::new()

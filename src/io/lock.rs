@@ -55,7 +55,8 @@ impl DirLock {
     /// [`Error::Locked`] with the holder's process id when another process holds the lock.
     pub fn acquire(lock_file: &Path, dir: &Path) -> Result<Self> {
         let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(lock_file).map_err(|e| Error::io(lock_file, e))?;
+        let mut file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(lock_file).map_err(|e| Error::io(lock_file, e))?;
         let key = std::fs::canonicalize(lock_file).map_err(|e| Error::io(lock_file, e))?;
         if let Some((_, count)) = held.get_mut(&key) {
             *count += 1;

@@ -215,16 +215,10 @@ fn check_declared_modules<B: Backend>(raw: &PeftConfigIn, config_path: &Path, mo
             let declared = named && layers.as_ref().is_none_or(|l| l.contains(&i));
             match (declared, linear.adapter.is_some()) {
                 (true, false) => {
-                    return bad(
-                        "target_modules",
-                        format!("declares `{path}`, but adapter_model.safetensors has no lora tensors for it"),
-                    )
+                    return bad("target_modules", format!("declares `{path}`, but adapter_model.safetensors has no lora tensors for it"))
                 }
                 (false, true) if !named => {
-                    return bad(
-                        "target_modules",
-                        format!("does not name `{path}`, but adapter_model.safetensors has lora tensors for it"),
-                    )
+                    return bad("target_modules", format!("does not name `{path}`, but adapter_model.safetensors has lora tensors for it"))
                 }
                 (false, true) => {
                     return bad(

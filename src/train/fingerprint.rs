@@ -163,8 +163,7 @@ mod tests {
 
         let other_weights = RunInputs::of(&model(2), &data, None, &files);
         assert_ne!(other_weights.model, base.model, "a same-shape model with other weights");
-        let other_adapters =
-            RunInputs::of(&model(1).with_adapters(&lora.clone().with_seed(9)).unwrap(), &data, None, &files);
+        let other_adapters = RunInputs::of(&model(1).with_adapters(&lora.clone().with_seed(9)).unwrap(), &data, None, &files);
         assert_eq!(other_adapters.model, base.model);
         assert_ne!(other_adapters.start_adapters, base.start_adapters);
         let other_mask = vec![Sequence::text(vec![0, 5, 6, 7]), Sequence::new(vec![0, 8, 9], 1)];

@@ -9,8 +9,8 @@ mod run_dir;
 mod step;
 
 pub use config::{DataConfig, EvalConfig, OptimizerConfig, Penalty, RunConfig, ScheduleConfig, ScheduleKind, TrainConfig};
-pub(crate) use run::train;
 pub use fingerprint::RunInputs;
+pub(crate) use run::train;
 pub use run::{EvalPoint, TrainControl, TrainData, TrainReport};
 pub use run_dir::{open_run_dir, RUN_FILES};
 pub use step::{clip_global_norm, lm_objective, trainable_params, LmObjective, ParamRef, Step, StepOutput};

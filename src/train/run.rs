@@ -230,6 +230,9 @@ fn stopped(step: usize, reason: &str, with_run_dir: bool) -> Error {
 
 /// Whether the model may be checkpointed: every adapter value is finite and the model gives a
 /// finite loss on `batch` (weights can be finite yet so large that the forward overflows).
+/// The optimiser's moments need no check of their own: they average gradients and their
+/// squares, and a step whose squared gradients overflow has a non-finite gradient norm and is
+/// refused before the optimiser sees it ([`Step::run`]).
 fn check_checkpointable<B: KernelAutodiffBackend>(model: &Llama<B>, batch: &Batch<B>) -> std::result::Result<(), String> {
     for adapter in model.adapters() {
         for (name, tensor) in [("lora_A", adapter.lora_a.val()), ("lora_B", adapter.lora_b.val())] {
@@ -261,10 +264,7 @@ fn check_sequences<B: KernelAutodiffBackend>(model: &Llama<B>, sequences: &[Sequ
             return Err(Error::BadRecord {
                 path: "<training data>".into(),
                 line: i + 1,
-                reason: format!(
-                    "{} tokens, more than the model's context (max_position_embeddings {context}): lower max_len",
-                    s.ids.len()
-                ),
+                reason: format!("{} tokens, more than the model's context (max_position_embeddings {context}): lower max_len", s.ids.len()),
             });
         }
     }

@@ -31,7 +31,8 @@ use crate::lora::LoraConfig;
 use crate::KernelAutodiffBackend;
 
 /// The files and directories that make a directory a run directory (`.lock` aside).
-pub const RUN_FILES: [&str; 8] = ["config.json", "log.jsonl", "checkpoint", "checkpoint.old", "checkpoint.tmp", "adapter", "eval.json", "run.json"];
+pub const RUN_FILES: [&str; 8] =
+    ["config.json", "log.jsonl", "checkpoint", "checkpoint.old", "checkpoint.tmp", "adapter", "eval.json", "run.json"];
 
 /// What `config.json` holds: the settings of [`super::RunConfig`] and the inputs.
 #[derive(Debug, Clone, Serialize, Deserialize)]

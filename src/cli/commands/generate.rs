@@ -66,15 +66,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     );
     let max_new_tokens = args.max_new_tokens.min(context - prompt.len());
     if max_new_tokens < args.max_new_tokens {
-        eprintln!("note: generating at most {max_new_tokens} tokens: the {}-token prompt leaves that much of the model's {context}-token context", prompt.len());
+        eprintln!(
+            "note: generating at most {max_new_tokens} tokens: the {}-token prompt leaves that much of the model's {context}-token context",
+            prompt.len()
+        );
     }
-    let config = SamplingConfig {
-        max_new_tokens,
-        temperature: args.temperature,
-        top_p: args.top_p,
-        seed: args.seed,
-        use_cache: !args.no_cache,
-    };
+    let config =
+        SamplingConfig { max_new_tokens, temperature: args.temperature, top_p: args.top_p, seed: args.seed, use_cache: !args.no_cache };
     let new_tokens = generate(&model.model, &prompt, &config, &stop);
     if args.chat {
         println!("{}", tokenizer.decode(&new_tokens)?);

@@ -173,7 +173,12 @@ pub fn run(args: TrainArgs, flags: &Flags) -> anyhow::Result<()> {
     let adapter = args.out.join("adapter");
     if report.tokens == 0 {
         // Resumed at its last step: nothing was left to train.
-        println!("the run had already finished its {} steps (final nll {:.4}) -> {}", config.schedule.steps, report.last_loss, adapter.display());
+        println!(
+            "the run had already finished its {} steps (final nll {:.4}) -> {}",
+            config.schedule.steps,
+            report.last_loss,
+            adapter.display()
+        );
         return Ok(());
     }
     println!(
