@@ -148,7 +148,7 @@ pub fn reading(result: &SweepResult) -> String {
         100.0 * base.target_score
     );
     if let Some(lora) = summary.iter().find(|s| s.method == "lora") {
-        let last = result.rows.iter().rev().find(|r| r.method == "lora").expect("lora rows");
+        let last = result.rows.iter().rev().find(|r| r.method == "lora" && r.diverged.is_none()).expect("lora rows");
         text += &format!(
             " Plain LoRA reaches {:.1}% on the target while source accuracy moves to {:.1}% (frontier area {:.3}).",
             100.0 * last.target_score,
@@ -166,7 +166,7 @@ pub fn reading(result: &SweepResult) -> String {
             .filter(|o| !o.method.starts_with("lalora") && o.hypervolume > s.hypervolume)
             .map(|o| o.method.as_str())
             .collect();
-        let mut rows: Vec<_> = result.rows.iter().filter(|r| r.method == s.method).collect();
+        let mut rows: Vec<_> = result.rows.iter().filter(|r| r.method == s.method && r.diverged.is_none()).collect();
         rows.sort_by(|a, b| a.lambda.unwrap_or(0.0).total_cmp(&b.lambda.unwrap_or(0.0)));
         let monotone = rows.windows(2).all(|w| w[1].source_score >= w[0].source_score - 1e-9);
         text += &format!(

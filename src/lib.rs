@@ -24,6 +24,7 @@ pub mod laplace;
 pub mod llama;
 pub mod lora;
 pub mod loss;
+mod prior_check;
 pub mod progress;
 pub mod tokenizer;
 pub mod train;

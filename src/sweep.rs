@@ -135,6 +135,10 @@ pub struct ResultRow {
     pub scores: BTreeMap<String, f64>,
     /// Wall time of this run's training steps in seconds.
     pub train_seconds: f64,
+    /// Why the run stopped early (a non-finite loss, say); its scores are then NaN and it is
+    /// left out of frontiers, summaries and plots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<String>,
 }
 
 /// What a sweep produced.
@@ -162,6 +166,21 @@ fn row(method: &str, lambda: Option<f64>, step: usize, scores: &[EvalScore], n_s
         target_score: mean(scores[n_source..].iter().map(EvalScore::headline)),
         scores: scores.iter().map(|s| (s.name.clone(), s.headline())).collect(),
         train_seconds: seconds,
+        diverged: None,
+    }
+}
+
+/// The row of a run that stopped with a numerical error: kept, marked, and scored NaN.
+fn diverged_row(method: &str, lambda: Option<f64>, reason: String) -> ResultRow {
+    ResultRow {
+        method: method.to_string(),
+        lambda,
+        step: 0,
+        source_score: f64::NAN,
+        target_score: f64::NAN,
+        scores: BTreeMap::new(),
+        train_seconds: 0.0,
+        diverged: Some(reason),
     }
 }
 
@@ -173,8 +192,8 @@ pub fn sweep_files<B: KernelAutodiffBackend>(
     on_row: impl FnMut(&ResultRow),
 ) -> Result<SweepResult> {
     B::seed(device, config.seed);
-    let tokenizer = Tokenizer::from_dir(&files.model)?;
     let start = LaLoRA::<B>::from_model(Llama::load(&files.model, device)?, AdapterSource::Fresh(config.lora.clone()))?;
+    let tokenizer = Tokenizer::for_model(&files.model, start.model.config.vocab_size)?;
     let chat = ChatTemplate::from_model_dir(&files.model)?;
     let eos = start.model.config.eos_token_ids.first().copied();
     let read = LmOptions { max_len: config.train.data.max_len, eos, fields: files.fields.as_ref(), chat: chat.as_ref() };
@@ -246,7 +265,15 @@ pub fn run_sweep<B: KernelAutodiffBackend>(
             let every = (config.train.schedule.steps / config.lora_eval_points.max(1)).max(1);
             let mut train = config.train.clone().with_penalty(Penalty::None);
             train.eval.every = every;
-            let (_, report) = from_start(None).train(&train_data, &train, &control)?;
+            let report = match from_start(None).train(&train_data, &train, &control) {
+                Ok((_, report)) => report,
+                Err(crate::Error::Numerical(reason)) => {
+                    rows.push(diverged_row(&label, None, reason));
+                    on_row(rows.last().expect("just pushed"));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             for EvalPoint { step, scores } in &report.evals {
                 rows.push(row(&label, None, *step, scores, n_source, report.train_seconds));
                 on_row(rows.last().expect("just pushed"));
@@ -262,9 +289,15 @@ pub fn run_sweep<B: KernelAutodiffBackend>(
             let clock = Instant::now();
             let mut train = config.train.clone().with_penalty(method.train_penalty(lambda));
             train.eval.every = 0;
-            let (_, report) = from_start(prior).train(&train_data, &train, &control)?;
-            let last = report.evals.last().expect("training evaluates at the end");
-            rows.push(row(&label, Some(lambda), last.step, &last.scores, n_source, report.train_seconds));
+            match from_start(prior).train(&train_data, &train, &control) {
+                Ok((_, report)) => {
+                    let last = report.evals.last().expect("training evaluates at the end");
+                    rows.push(row(&label, Some(lambda), last.step, &last.scores, n_source, report.train_seconds));
+                }
+                // A setting that diverges is recorded; the others still run.
+                Err(crate::Error::Numerical(reason)) => rows.push(diverged_row(&label, Some(lambda), reason)),
+                Err(e) => return Err(e),
+            }
             on_row(rows.last().expect("just pushed"));
             stages.push((format!("{label} lambda {lambda}"), clock.elapsed().as_secs_f64()));
         }
@@ -297,9 +330,11 @@ pub fn hypervolume(points: &[(f64, f64)]) -> f64 {
 
 impl SweepResult {
     /// Points of one method in the order its line runs: the `base` point first (lambda =
-    /// infinity, step 0), then the runs from strongest to weakest penalty or by step.
+    /// infinity, step 0), then the runs from strongest to weakest penalty or by step. Diverged
+    /// runs are left out.
     pub fn method_rows(&self, method: &str) -> Vec<&ResultRow> {
-        let mut rows: Vec<&ResultRow> = self.rows.iter().filter(|r| r.method == method || r.method == "base").collect();
+        let mut rows: Vec<&ResultRow> =
+            self.rows.iter().filter(|r| (r.method == method || r.method == "base") && r.diverged.is_none()).collect();
         let lambda = |r: &ResultRow| r.lambda.unwrap_or(f64::INFINITY);
         rows.sort_by(|a, b| {
             (b.method == "base").cmp(&(a.method == "base")).then(lambda(b).total_cmp(&lambda(a))).then(a.step.cmp(&b.step))
@@ -307,10 +342,11 @@ impl SweepResult {
         rows
     }
 
-    /// Method labels in first-seen order, `base` excluded.
+    /// Method labels in first-seen order, `base` excluded, and so are methods whose every run
+    /// diverged.
     pub fn methods(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for r in &self.rows {
+        for r in self.rows.iter().filter(|r| r.diverged.is_none()) {
             if r.method != "base" && !out.contains(&r.method) {
                 out.push(r.method.clone());
             }
@@ -339,12 +375,14 @@ impl SweepResult {
     /// Writes `results.csv`, `results.json`, `pareto.svg` and `pareto.png` to `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let set_names: Vec<String> = self.rows.first().map(|r| r.scores.keys().cloned().collect()).unwrap_or_default();
-        let mut csv = format!("method,lambda,step,source_score,target_score,train_seconds,{}\n", set_names.join(","));
+        let mut csv = format!("method,lambda,step,source_score,target_score,train_seconds,diverged,{}\n", set_names.join(","));
         for r in &self.rows {
+            // The reason goes to results.json; the CSV only flags the row.
+            let diverged = if r.diverged.is_some() { "true" } else { "false" };
             let lambda = r.lambda.map(|l| l.to_string()).unwrap_or_default();
             let sets: Vec<String> = set_names.iter().map(|n| format!("{:.6}", r.scores.get(n).copied().unwrap_or(f64::NAN))).collect();
             csv += &format!(
-                "{},{lambda},{},{:.6},{:.6},{:.2},{}\n",
+                "{},{lambda},{},{:.6},{:.6},{:.2},{diverged},{}\n",
                 r.method,
                 r.step,
                 r.source_score,
@@ -421,6 +459,7 @@ mod tests {
             target_score: 0.0,
             scores: BTreeMap::new(),
             train_seconds: 0.0,
+            diverged: None,
         };
         let rows = vec![
             at("base", None, 0),

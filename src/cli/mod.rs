@@ -4,6 +4,7 @@
 mod args;
 mod commands;
 pub mod dist;
+mod ranges;
 
 use clap::{ArgMatches, CommandFactory, Parser, Subcommand};
 

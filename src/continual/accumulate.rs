@@ -162,6 +162,8 @@ impl<B: Backend> LaplacePrior<B> {
             prior_precision,
             // A single kept fit at full weight is a plain prior again.
             terms: if provenance.len() == 1 && provenance[0].weight == 1.0 { Vec::new() } else { provenance },
+            // Hashes of saved files: written again when the combined prior is saved.
+            files: Default::default(),
             ..new_meta
         };
         Ok(LaplacePrior { anchors: newer.anchors.clone(), curvature: Some(curvature), prior_precision, meta: Some(meta) })

@@ -125,8 +125,8 @@ impl<B: KernelAutodiffBackend> Step<'_, B> {
     /// finite, global-norm clipping and AdamW.
     ///
     /// # Errors
-    /// [`Error::Numerical`] naming the cause when the loss or the penalty is not finite; the
-    /// optimiser has not stepped then.
+    /// [`Error::Numerical`] naming the cause when the loss, the penalty or the gradient norm
+    /// is not finite; the optimiser has not stepped then.
     pub fn run<O: Optimizer<Llama<B>, B>>(
         &self,
         model: Llama<B>,
@@ -157,6 +157,10 @@ impl<B: KernelAutodiffBackend> Step<'_, B> {
         }
         let mut grads = accumulator.grads();
         let grad_norm = clip_global_norm::<B>(&mut grads, self.params, self.clip);
+        // A non-finite gradient would make the optimiser's moments non-finite for good.
+        if !grad_norm.is_finite() {
+            return Err(Error::Numerical(format!("gradient norm is {grad_norm}")));
+        }
         let model = optim.step(self.lr, model, grads);
         Ok((model, StepOutput { loss, penalty, grad_norm, tokens }))
     }

@@ -19,7 +19,7 @@ use lalora::tasks::{write_tasks, TaskSizes};
 use lalora::train::Penalty;
 use lalora::{AdapterSource, LaLoRA, LaplaceConfig, SourceData, Tokenizer};
 
-use crate::cli::{DataArgs, FisherKind, Flags, LoraArgs, OptimArgs, AB};
+use crate::cli::{max_len, DataArgs, FisherKind, Flags, LoraArgs, OptimArgs, AB};
 
 /// Flags of `lalora continual`.
 #[derive(Args, Debug)]
@@ -168,7 +168,8 @@ pub fn run(args: ContinualArgs, flags: &Flags) -> anyhow::Result<()> {
     let chat = DataArgs::chat_template(&model_dir)?;
     let base = LaLoRA::<AB>::load(&model_dir, AdapterSource::None, &device).with_context(|| format!("loading {}", model_dir.display()))?;
     let eos = base.model.config.eos_token_ids.first().copied();
-    let read = args.fields.options(args.optim.max_len, eos, chat.as_ref());
+    let max_len = max_len(args.optim.max_len, 512, &base.model.config, &model_dir)?;
+    let read = args.fields.options(max_len, eos, chat.as_ref());
     let laplace_sources =
         files.laplace_data.iter().map(|p| SourceData::read_with(p, &tokenizer, &read)).collect::<lalora::Result<Vec<_>>>()?;
     let source_evals = files.source_eval.iter().map(|p| load_eval_set_with(p, &tokenizer, &read)).collect::<lalora::Result<Vec<_>>>()?;
@@ -210,7 +211,7 @@ pub fn run(args: ContinualArgs, flags: &Flags) -> anyhow::Result<()> {
         }
         let config = ContinualConfig {
             methods: args.methods.clone(),
-            train: args.optim.train_config(Penalty::None, seed, 0, 32, args.max_new_tokens),
+            train: args.optim.train_config(Penalty::None, max_len, seed, 0, 32, args.max_new_tokens),
             lambda: args.lambda,
             decay: args.decay,
             laplace: LaplaceConfig::new()
@@ -218,7 +219,7 @@ pub fn run(args: ContinualArgs, flags: &Flags) -> anyhow::Result<()> {
                 .with_fisher(args.fisher.fisher(1))
                 .with_batches_per_source(args.laplace_batches)
                 .with_batch_size(args.laplace_batch_size)
-                .with_max_len(args.optim.max_len)
+                .with_max_len(max_len)
                 .with_prior_precision(args.prior_precision)
                 .with_seed(seed),
             progress: true,
