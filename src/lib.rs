@@ -38,6 +38,8 @@ pub mod pretrain;
 #[cfg(feature = "cli")]
 pub mod run_config;
 #[cfg(feature = "cli")]
+pub mod seeds;
+#[cfg(feature = "cli")]
 pub mod sweep;
 #[cfg(feature = "cli")]
 pub mod tasks;

@@ -16,6 +16,7 @@ use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use serde::{Deserialize, Serialize};
 
 use super::config::{Penalty, RunConfig, TrainConfig};
+use super::decay::DecayToward;
 use super::step::{trainable_params, Step};
 use crate::data::{Batch, DataPosition, Sequence, Shuffler};
 use crate::error::{Error, Result};
@@ -196,8 +197,8 @@ fn differences(saved: &serde_json::Value, wanted: &serde_json::Value, at: &str) 
 }
 
 /// Trains the adapters of `model` on `data` (see [`crate::LaLoRA::train`]). `prior` is the
-/// model's Laplace prior, required by [`Penalty::Laplace`]; the `l2` penalty is taken around the
-/// starting adapters.
+/// model's Laplace prior, required by [`Penalty::Laplace`]; the `l2` penalty and AdamW's weight
+/// decay are taken around the starting adapters (see [`super::decay`]).
 ///
 /// A non-finite loss or penalty stops the run with an error naming the step; the last good
 /// checkpoint is kept.
@@ -213,13 +214,11 @@ pub(crate) fn train<B: KernelAutodiffBackend>(
     if data.sequences.is_empty() {
         return Err(Error::EmptyData { path: "<training data>".into(), reason: "no training sequences".into() });
     }
-    let isotropic;
+    // The starting adapters: the centre of the l2 penalty and of the weight decay.
+    let start = LaplacePrior::isotropic(&model, 1.0);
     let prior = match config.penalty {
         Penalty::None => None,
-        Penalty::L2 { lambda } => {
-            isotropic = LaplacePrior::isotropic(&model, 1.0);
-            Some((&isotropic, lambda / 2.0))
-        }
+        Penalty::L2 { lambda } => Some((&start, lambda / 2.0)),
         Penalty::Laplace { lambda } => {
             let prior = prior.ok_or_else(|| Error::arg("laplace", "the laplace penalty needs a fitted or loaded prior"))?;
             Some((prior, lambda / 2.0))
@@ -231,7 +230,9 @@ pub(crate) fn train<B: KernelAutodiffBackend>(
     }
     let device = model.embed_tokens.device();
     let mut model = model;
-    let mut optim = config.optimizer.adamw().init::<B, Llama<B>>();
+    // AdamW without its own decay: the step decays toward the starting adapters instead.
+    let mut optim = config.optimizer.adamw().with_weight_decay(0.0).init::<B, Llama<B>>();
+    let decay = DecayToward { anchors: &start.anchors, rate: config.optimizer.weight_decay as f64 };
     let mut step = 0;
     let mut position = DataPosition::default();
     if let Some(run) = &run {
@@ -265,7 +266,7 @@ pub(crate) fn train<B: KernelAutodiffBackend>(
                 Batch::new(&picked, &device)
             })
             .collect();
-        let one = Step { lr, clip: config.optimizer.clip, head_grad: false, penalty: prior, params: &params };
+        let one = Step { lr, clip: config.optimizer.clip, head_grad: false, penalty: prior, params: &params, decay: Some(decay) };
         let out;
         (model, out) = one.run(model, &mut optim, micro_batches).map_err(|e| {
             Error::Numerical(format!("step {}: {e}; stopped (the last checkpoint, if any, is kept). Lower --lr or --lambda.", step + 1))
