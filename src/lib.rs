@@ -21,6 +21,7 @@ pub mod laplace;
 pub mod llama;
 pub mod lora;
 pub mod loss;
+pub mod posterior;
 pub mod progress;
 pub mod tokenizer;
 pub mod train;

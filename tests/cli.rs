@@ -123,6 +123,40 @@ fn laplace_then_train_with_the_prior_then_eval() {
     assert!(steps[1..].iter().any(|v| v["penalty"].as_f64().unwrap() > 0.0), "the adapters left the anchor");
     assert_eq!(log.lines().filter(|l| l.contains("\"eval\"")).count(), 2);
 
+    // --lambda posterior resolves to N_src / N_tgt and prints both counts.
+    let out = lalora(&[
+        "train",
+        "--model",
+        s(&model),
+        "--data",
+        s(&target),
+        "--method",
+        "lalora",
+        "--laplace",
+        s(&prior),
+        "--lambda",
+        "posterior",
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--out",
+        s(&model.join("run-posterior")),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let line = stderr.lines().find(|l| l.starts_with("lambda posterior")).unwrap_or_else(|| panic!("no lambda line in {stderr}"));
+    let source_tokens = meta["tokens"].as_u64().unwrap();
+    assert!(line.contains(&format!("= {source_tokens} source tokens / ")), "{line}");
+    let target_tokens: f64 = line.split(" / ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    // 12 records of "Add i and 2." + " #### i+2" (plus EOS): a few completion tokens each.
+    assert!((12.0..=12.0 * 12.0).contains(&target_tokens), "{line}");
+    let lambda: f64 = line.rsplit("= ").next().unwrap().parse().unwrap();
+    assert!((lambda - source_tokens as f64 / target_tokens).abs() < 1e-5, "{line}");
+    let refused = lalora(&["train", "--model", s(&model), "--data", s(&target), "--method", "l2", "--lambda", "posterior", "--out", s(&run)]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--lambda posterior needs --method lalora"));
+
     // The trained adapter loads for evaluation.
     let out = ok(&["eval", "--model", s(&model), "--adapter", s(&run.join("adapter")), "--data", s(&text_eval), "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -160,6 +194,7 @@ fn train_resumes_and_refuses_nonsense() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("lr"));
     let bad = lalora(&["train", "--model", s(&model), "--data", s(&target), "--method", "l2", "--out", s(&run)]);
+    assert!(!bad.status.success(), "l2 without --lambda must be refused");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--lambda"));
 }
 

@@ -46,7 +46,7 @@
 //! [`super::Accumulator::finish`]. F therefore does not grow with the amount of source data.
 //! With the target loss a per-token mean over `N_tgt` training tokens, the Bayesian posterior
 //! after the source tokens and then the target tokens has its MAP at `lambda = N_src / N_tgt`,
-//! with delta read as a prior precision per source token (see [`crate::laplace::posterior_lambda`]).
+//! with delta read as a prior precision per source token (see [`crate::posterior::posterior_lambda`]).
 //!
 //! **Vectorisation** is row-major, so `vec(D)^T (G kron X) vec(D) = <D, G D X>`.
 //!

@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use lalora::data::lm_sequences_with;
 use lalora::eval::load_eval_set_with;
 use lalora::io::write_json_atomic;
+use lalora::posterior::{target_tokens, LambdaSetting};
 use lalora::train::{Penalty, TrainControl, TrainData};
 use lalora::{AdapterSource, LaLoRA, Tokenizer};
 
@@ -46,9 +47,11 @@ pub struct TrainArgs {
     /// A `lalora laplace` output directory; training starts from its anchor adapters.
     #[arg(long, required_if_eq("method", "lalora"), conflicts_with = "adapter")]
     laplace: Option<PathBuf>,
-    /// Penalty strength lambda (needed by l2 and lalora). Example: `--lambda 1000`.
-    #[arg(long, default_value_t = 0.0)]
-    lambda: f64,
+    /// Penalty strength lambda (needed by l2 and lalora). Example: `--lambda 1000`. With
+    /// `--method lalora`, `--lambda posterior` sets the Bayesian value N_src / N_tgt (the
+    /// prior's source tokens over the training set's loss tokens; README "How to read lambda").
+    #[arg(long, default_value = "0")]
+    lambda: LambdaSetting,
     /// Evaluation file, scored during and after training; repeat for several.
     #[arg(long)]
     eval: Vec<PathBuf>,
@@ -77,11 +80,10 @@ pub struct TrainArgs {
 /// Runs `lalora train`.
 pub fn run(args: TrainArgs, flags: &Flags) -> anyhow::Result<()> {
     let device = lalora_backends::device();
-    let penalty = match args.method {
-        Method::Lora => Penalty::None,
-        Method::L2 => Penalty::L2 { lambda: args.lambda },
-        Method::Lalora => Penalty::Laplace { lambda: args.lambda },
-    };
+    anyhow::ensure!(
+        args.lambda != LambdaSetting::Posterior || args.method == Method::Lalora,
+        "--lambda posterior needs --method lalora (the prior's source tokens define it)"
+    );
     anyhow::ensure!(args.laplace.is_none() || args.method == Method::Lalora, "--laplace is only used by --method lalora");
     let adapters = match (&args.laplace, &args.model.adapter) {
         (Some(prior), _) => AdapterSource::Prior(prior.clone()),
@@ -98,6 +100,21 @@ pub fn run(args: TrainArgs, flags: &Flags) -> anyhow::Result<()> {
     let eos = lalora.model.config.eos_token_ids.first().copied();
     let read = args.fields.options(args.optim.max_len, eos, chat.as_ref());
     let sequences = lm_sequences_with(&args.data, &tokenizer, &read)?;
+    let lambda = match args.lambda {
+        LambdaSetting::Value(v) => v,
+        LambdaSetting::Posterior => {
+            let source = lalora.prior.as_ref().and_then(|p| p.meta.as_ref()).map(|m| m.tokens);
+            let target = target_tokens(&sequences);
+            let lambda = args.lambda.resolve(source, target)?;
+            eprintln!("lambda posterior = N_src / N_tgt = {} source tokens / {target} target tokens = {lambda:.6}", source.unwrap_or(0));
+            lambda
+        }
+    };
+    let penalty = match args.method {
+        Method::Lora => Penalty::None,
+        Method::L2 => Penalty::L2 { lambda },
+        Method::Lalora => Penalty::Laplace { lambda },
+    };
     let eval_sets = args.eval.iter().map(|p| load_eval_set_with(p, &tokenizer, &read)).collect::<lalora::Result<Vec<_>>>()?;
     let config = args.optim.train_config(penalty, args.seed, args.checkpoint_every, args.optim.batch_size, 64);
     config.validate()?;
