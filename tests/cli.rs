@@ -148,7 +148,7 @@ fn laplace_then_train_with_the_prior_then_eval() {
     let line = stderr.lines().find(|l| l.starts_with("lambda posterior")).unwrap_or_else(|| panic!("no lambda line in {stderr}"));
     let source_tokens = meta["tokens"].as_u64().unwrap();
     assert!(line.contains(&format!("= {source_tokens} source tokens / ")), "{line}");
-    let target_tokens: f64 = line.split(" / ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let target_tokens: f64 = line.split(" / ").nth(2).unwrap().split(' ').next().unwrap().parse().unwrap();
     // 12 records of "Add i and 2." + " #### i+2" (plus EOS): a few completion tokens each.
     assert!((12.0..=12.0 * 12.0).contains(&target_tokens), "{line}");
     let lambda: f64 = line.rsplit("= ").next().unwrap().parse().unwrap();
