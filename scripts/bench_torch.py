@@ -1,12 +1,13 @@
-"""PyTorch baseline for the LoRA training-step benchmark.
+"""PyTorch baseline for the LoRA training-step benchmark (`lalora bench`).
 
 Measures one LoRA training step (forward, backward, AdamW step, zero_grad) of a
-random-weight LlamaForCausalLM "small" preset on CPU:
-
-    vocab 8192, hidden 384, intermediate 1024, 6 layers, 6 heads, 2 kv heads,
-    seq 256, batch 8, float32, peft LoRA r=8 / alpha=16 / dropout 0 on all seven
-    projections (q,k,v,o,gate,up,down), loss = model(input_ids, labels=input_ids).loss
-    on uniformly random token ids, AdamW(lr=1e-4) over the LoRA parameters only.
+random-weight LlamaForCausalLM built from an HF config.json preset (--config, default
+models/presets/small.json: vocab 8192, hidden 384, intermediate 1024, 6 layers, 6 heads,
+2 kv heads) on CPU: batch --batch x seq --seq random token ids, float32, peft LoRA
+r=--rank / alpha=2r / dropout 0 on all seven projections (q,k,v,o,gate,up,down),
+loss = model(input_ids, labels=input_ids).loss, AdamW(lr=1e-4) over the LoRA parameters
+only. The same presets and flags as `lalora bench --preset P --batch-size B --seq S
+--rank R`, so both sides run the same model.
 
 torch.set_num_threads(os.cpu_count()) unless --threads is given. Runs --warmup steps
 (default 2), then times --steps steps (default 5) and prints ONE JSON line:
@@ -18,7 +19,8 @@ torch.set_num_threads(os.cpu_count()) unless --threads is given. Runs --warmup s
 tokens_per_s = batch * seq / mean step time; peak_rss_mib from resource.getrusage
 (ru_maxrss, whole process, including model construction).
 
-Usage:  /work/pyvenv/bin/python scripts/bench_torch.py [--steps 5] [--attn sdpa|eager]
+Usage:  python scripts/bench_torch.py [--config models/presets/small.json] [--batch 8]
+            [--seq 256] [--rank 8] [--steps 5] [--attn sdpa|eager]
 """
 
 from __future__ import annotations
@@ -40,18 +42,7 @@ import torch  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-SMALL = dict(
-    vocab_size=8192,
-    hidden_size=384,
-    intermediate_size=1024,
-    num_hidden_layers=6,
-    num_attention_heads=6,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,
-    rms_norm_eps=1e-5,
-    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-    tie_word_embeddings=False,
-)
+ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -60,24 +51,30 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
     ap.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa", help="attention implementation")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--config", type=Path, default=ROOT / "models/presets/small.json",
+                    help="HF config.json of the model (random weights)")
+    ap.add_argument("--batch", type=int, default=8, help="sequences per step")
+    ap.add_argument("--seq", type=int, default=256, help="tokens per sequence")
+    ap.add_argument("--rank", type=int, default=8, help="LoRA rank (alpha = 2 rank)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    config = LlamaConfig(**SMALL)
+    with open(args.config) as f:
+        config = LlamaConfig(**json.load(f))
+    # Positions beyond the preset's max_position_embeddings only change RoPE's cache size.
+    config.max_position_embeddings = max(config.max_position_embeddings, args.seq)
     config._attn_implementation = args.attn
     model = LlamaForCausalLM(config).to(torch.float32)
-    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, bias="none",
+    lora = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules=TARGETS, bias="none",
                       task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
-    input_ids = torch.randint(0, SMALL["vocab_size"], (args.batch, args.seq))
+    input_ids = torch.randint(0, config.vocab_size, (args.batch, args.seq))
 
     def step() -> float:
         loss = model(input_ids=input_ids, labels=input_ids).loss
@@ -97,11 +94,13 @@ def main() -> None:
     mean = sum(times) / len(times)
     result = {
         "framework": "torch",
+        "config": str(args.config),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "attn": args.attn,
         "batch": args.batch,
         "seq": args.seq,
+        "rank": args.rank,
         "steps": args.steps,
         "trainable_params": sum(p.numel() for p in params),
         "tokens_per_s": args.batch * args.seq / mean,

@@ -47,7 +47,7 @@ pub mod tasks;
 
 pub use error::{Error, Result};
 pub use lalora::{AdapterSource, LaLoRA};
-pub use lalora_backends::{KernelAutodiffBackend, KernelBackend};
+pub use lalora_backends::{AttentionMask, KernelAutodiffBackend, KernelBackend};
 pub use laplace::{LaplaceConfig, LaplacePrior, SourceData};
 pub use llama::{Llama, LlamaConfig, Projection};
 pub use lora::{LoraConfig, LoraInit, LoraLinear};

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::llama::Projection;
+use crate::KernelBackend;
 
 /// How adapters start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -191,6 +192,19 @@ impl<B: Backend> LoraLinear<B> {
         self.weight.dims()
     }
 
+    /// Folds the adapter into the base weight: `W = W0 + s (B A - B0 A0)`, no adapter left.
+    pub fn merge(self) -> Self {
+        match &self.adapter {
+            None => self,
+            Some(adapter) => {
+                let merged = self.weight.val() + adapter.delta_weight();
+                LoraLinear::frozen(merged.detach())
+            }
+        }
+    }
+}
+
+impl<B: KernelBackend> LoraLinear<B> {
     /// `y = W0 x + s B A x` (minus the offset term), no dropout, no capture.
     ///
     /// # Shapes
@@ -205,8 +219,14 @@ impl<B: Backend> LoraLinear<B> {
     /// # Shapes
     /// - x: `[batch, seq, d_in]` -> `[batch, seq, d_out]`
     pub fn forward_with(&self, x: Tensor<B, 3>, train: bool, taps: Option<&mut Vec<AdapterTap<B>>>) -> Tensor<B, 3> {
+        let Some(adapter) = &self.adapter else { return linear(x, self.weight.val()) };
+        if taps.is_none() && !(train && adapter.dropout > 0.0) && adapter.offset.is_none() {
+            // The common case as one fused op, forward and backward (`KernelBackend::lora_linear`).
+            let [batch, seq, d_in] = x.dims();
+            let (w, a, b) = (self.weight.val(), adapter.lora_a.val(), adapter.lora_b.val());
+            return B::lora_linear(x.reshape([batch * seq, d_in]), w, a, b, adapter.scale).reshape([batch, seq, self.dims()[0]]);
+        }
         let base = linear(x.clone(), self.weight.val());
-        let Some(adapter) = &self.adapter else { return base };
 
         let x_in = if train && adapter.dropout > 0.0 {
             let keep = 1.0 - adapter.dropout;
@@ -237,17 +257,6 @@ impl<B: Backend> LoraLinear<B> {
                 let probe_y = Tensor::zeros(y.shape(), &y.device()).require_grad();
                 taps.push(AdapterTap { path: adapter.path(), x: x.detach(), z: z.detach(), probe_y: probe_y.clone(), probe_z });
                 y + probe_y
-            }
-        }
-    }
-
-    /// Folds the adapter into the base weight: `W = W0 + s (B A - B0 A0)`, no adapter left.
-    pub fn merge(self) -> Self {
-        match &self.adapter {
-            None => self,
-            Some(adapter) => {
-                let merged = self.weight.val() + adapter.delta_weight();
-                LoraLinear::frozen(merged.detach())
             }
         }
     }

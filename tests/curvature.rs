@@ -255,7 +255,9 @@ fn kfac_equals_the_exact_block_for_one_datum_one_token_with_cross_entropy() {
     let infos = adapter_infos(&model);
     let Curvature::TriKfac(tri) = fitted(&model, std::slice::from_ref(&seq), Estimator::TriKfac, FisherType::Exhaustive) else { panic!() };
     // Two adapters are enough to pin every block type without a 300 x 8192 Jacobian in memory.
-    for i in [0usize, 13] {
+    // Not q_proj or k_proj of layer 0: with one query position, attention there is a softmax
+    // over a single key, so their exact blocks are zero and both sides hold rounding noise.
+    for i in [2usize, 13] {
         let (oa, na, ob, nb) = offsets(&infos)[i];
         let keep: Vec<usize> = (oa..oa + na).chain(ob..ob + nb).collect();
         let exact = exact_ggn_last_position(&model, &seq, &keep);

@@ -24,15 +24,14 @@ compile_error!("lalora-backends needs one backend feature: flex, ndarray, wgpu o
 pub use burn::backend::Autodiff;
 
 pub mod kernels;
-pub use kernels::{KernelAutodiffBackend, KernelBackend};
+pub use kernels::{AttentionMask, KernelAutodiffBackend, KernelBackend};
 
 /// burn's portable CPU backend (gemm-based, multi-threaded). The default.
 #[cfg(feature = "flex")]
 pub mod flex {
     /// The tensor backend.
+    /// Its kernels: `crate::kernels::flex`.
     pub type Backend = burn_flex::Flex<f32, i32>;
-
-    impl crate::KernelBackend for Backend {}
     /// Human-readable backend name, as printed in reports.
     pub const NAME: &str = "flex";
     /// The default device.
@@ -68,9 +67,8 @@ pub mod ndarray {
 #[cfg(feature = "wgpu")]
 pub mod wgpu {
     /// The tensor backend.
+    /// Its kernels: `crate::kernels::cubecl`.
     pub type Backend = burn_wgpu::Wgpu<f32, i32>;
-
-    impl crate::KernelBackend for Backend {}
     /// Human-readable backend name, as printed in reports.
     pub const NAME: &str = "wgpu";
     /// The default device: the best adapter wgpu finds.
@@ -92,9 +90,8 @@ pub mod wgpu {
 #[cfg(feature = "cuda")]
 pub mod cuda {
     /// The tensor backend.
+    /// Its kernels: `crate::kernels::cubecl`.
     pub type Backend = burn_cuda::Cuda<f32, i32>;
-
-    impl crate::KernelBackend for Backend {}
     /// Human-readable backend name, as printed in reports.
     pub const NAME: &str = "cuda";
     /// The default device: GPU 0.

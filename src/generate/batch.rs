@@ -1,21 +1,21 @@
 //! Batched decoding: several prompts advance together, one forward pass per step.
 //!
 //! Prompts are left-padded to the longest. Each row keeps its own RoPE positions, counted from
-//! its first real token, so it computes what it would alone; an additive bias per row hides its
+//! its first real token, so it computes what it would alone; a per-row key mask hides its
 //! padding. Keys and values go to one [`KvCache`] whose columns the rows share (column `j`
 //! holds every row's token fed at pass `j`); attention reads the written columns only. Per
 //! step, only the new token ids (greedy: the argmax on the device) come back to the host; the
-//! RoPE tables are row gathers from a table built once per batch, and the bias grows by one
-//! column of zeros. A row stops at a stop token; once half of the rows present have stopped,
-//! they leave the batch (cache, bias and positions gathered once), so finished rows stop
+//! RoPE tables are row gathers from a table built once per batch, and the key mask grows by one
+//! real column. A row stops at a stop token; once half of the rows present have stopped,
+//! they leave the batch (cache, key mask and positions gathered once), so finished rows stop
 //! costing work.
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use rand::SeedableRng;
 
 use super::{pick, SamplingConfig};
-use crate::llama::{attention_bias, inverse_frequencies, AttentionTables, ForwardOptions, KvCache, Llama, RopeCache, MASKED};
-use crate::KernelBackend;
+use crate::llama::{inverse_frequencies, AttentionTables, ForwardOptions, KvCache, Llama, RopeCache};
+use crate::{AttentionMask, KernelBackend};
 
 /// Generates up to `config.max_new_tokens` after each prompt, decoding all prompts as one
 /// batch, and stops each row after the first token in `stop`. Returns, per prompt and in
@@ -62,11 +62,10 @@ struct Decoder<B: Backend> {
     /// Original index of each row present, in batch order.
     rows: Vec<usize>,
     cache: KvCache<B>,
-    rope_q: RopeCache<B>,
-    rope_k: RopeCache<B>,
-    /// Bias of the columns written so far, `[rows, kv_heads, groups, columns]`: 0 on a row's
-    /// real columns, [`MASKED`] on its padding.
-    bias: Tensor<B, 4>,
+    rope: RopeCache<B>,
+    /// Which of the columns written so far are real tokens, one `Vec` per row present (false
+    /// on a row's left padding).
+    real: Vec<Vec<bool>>,
     /// Position of each row's next token, `[rows]`.
     positions: Tensor<B, 1, Int>,
 }
@@ -81,9 +80,7 @@ impl<B: KernelBackend> Decoder<B> {
         // Every generated token but the last is fed back, one column each.
         let columns = longest + max_new_tokens - 1;
         let inv_freq = inverse_frequencies(c);
-        let rope_q = RopeCache::new(&inv_freq, columns, c.num_attention_heads, &device);
-        let rope_k = RopeCache::new(&inv_freq, columns, c.num_key_value_heads, &device);
-        let dims = [rows, c.num_key_value_heads, c.kv_groups()];
+        let rope = RopeCache::new(&inv_freq, columns, &device);
 
         let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
         let mut ids = Vec::with_capacity(rows * longest);
@@ -92,13 +89,9 @@ impl<B: KernelBackend> Decoder<B> {
             ids.extend(std::iter::repeat_n(0, pad).chain(prompt.iter().map(|&t| t as i64)));
             positions.extend((0..longest).map(|j| j.saturating_sub(pad) as i64));
         }
-        let real: Vec<bool> = pads.iter().flat_map(|&pad| (0..longest).map(move |j| j >= pad)).collect();
+        let real: Vec<Vec<bool>> = pads.iter().map(|&pad| (0..longest).map(|j| j >= pad).collect()).collect();
         let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [rows * longest]), &device);
-        let tables = AttentionTables {
-            q: rope_q.tables(positions.clone(), rows, longest),
-            k: rope_k.tables(positions, rows, longest),
-            bias: attention_bias(Some(&real), dims, longest, 0, &device),
-        };
+        let tables = AttentionTables { rope: rope.tables(positions, rows, longest), mask: key_mask(&real, 0) };
         // Room for a short answer; a longer one grows the cache (doubling). Most eval answers
         // stop early, and a cache write costs a copy of the buffer on burn-flex.
         let mut cache = KvCache::new(model.layers.len(), columns.min(longest + INITIAL_ROOM));
@@ -110,9 +103,8 @@ impl<B: KernelBackend> Decoder<B> {
         let decoder = Decoder {
             rows: (0..rows).collect(),
             cache,
-            rope_q,
-            rope_k,
-            bias: prompt_bias(&pads, longest, dims, &device),
+            rope,
+            real,
             positions: Tensor::from_data(TensorData::new(prompts.iter().map(|p| p.len() as i64).collect(), [rows]), &device),
         };
         (decoder, logits)
@@ -120,15 +112,11 @@ impl<B: KernelBackend> Decoder<B> {
 
     /// Feeds one token per row, `next: [rows, 1]`; returns the logits `[rows, 1, vocab]`.
     fn step(&mut self, model: &Llama<B>, next: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let [rows, kv_heads, groups, _] = self.bias.dims();
+        let rows = self.rows.len();
         // The column this step writes is real for every row.
-        let open = Tensor::zeros([rows, kv_heads, groups, 1], &next.device());
-        self.bias = Tensor::cat(vec![self.bias.clone(), open], 3);
-        let tables = AttentionTables {
-            q: self.rope_q.tables(self.positions.clone(), rows, 1),
-            k: self.rope_k.tables(self.positions.clone(), rows, 1),
-            bias: self.bias.clone(),
-        };
+        let past = self.cache.len();
+        self.real.iter_mut().for_each(|row| row.push(true));
+        let tables = AttentionTables { rope: self.rope.tables(self.positions.clone(), rows, 1), mask: key_mask(&self.real, past) };
         let options = ForwardOptions { cache: Some(&mut self.cache), tables: Some(&tables), ..Default::default() };
         let hidden = model.hidden_states(next, None, options);
         self.positions = self.positions.clone().add_scalar(1);
@@ -146,27 +134,17 @@ impl<B: KernelBackend> Decoder<B> {
         let device = next.device();
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(keep.iter().map(|&i| i as i64).collect(), [keep.len()]), &device);
         self.cache.retain_rows(index.clone());
-        self.bias = self.bias.clone().select(0, index.clone());
+        self.real = keep.iter().map(|&i| std::mem::take(&mut self.real[i])).collect();
         self.positions = self.positions.clone().select(0, index.clone());
         self.rows = keep.iter().map(|&i| self.rows[i]).collect();
         next.select(0, index)
     }
 }
 
-/// The bias of the prompt columns for one query per row: row `i` sees its real columns
-/// `pad_i .. longest`, not its padding. Decoding steps append a 0 column per step.
-///
-/// # Shapes
-/// - output: `[rows, kv_heads, groups, longest]`
-fn prompt_bias<B: Backend>(pads: &[usize], longest: usize, [rows, kv_heads, groups]: [usize; 3], device: &B::Device) -> Tensor<B, 4> {
-    let mut bias = Vec::with_capacity(rows * kv_heads * groups * longest);
-    for &pad in pads {
-        let row: Vec<f32> = (0..longest).map(|j| if j < pad { MASKED } else { 0.0 }).collect();
-        for _ in 0..kv_heads * groups {
-            bias.extend_from_slice(&row);
-        }
-    }
-    Tensor::from_data(TensorData::new(bias, [rows, kv_heads, groups, longest]), device)
+/// The attention mask of a forward whose queries follow `past` cached columns, over the
+/// columns' real-token flags (one `Vec` per row, all of one length).
+fn key_mask(real: &[Vec<bool>], past: usize) -> AttentionMask {
+    AttentionMask::with_padding(past, real.concat())
 }
 
 /// The next token of each row present: greedy on the device (only the ids come back), or

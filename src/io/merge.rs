@@ -16,6 +16,7 @@ use safetensors::tensor::Dtype;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::io::safetensors::{write_encoded, EncodedTensor};
 use crate::io::{read_json, write_atomic, write_json_atomic};
 use crate::llama::Llama;
 
@@ -203,28 +204,6 @@ fn plan_shards(sizes: &[u64], max: u64) -> Vec<Vec<usize>> {
     shards
 }
 
-/// A tensor ready to be written.
-struct Encoded {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
-impl safetensors::View for &Encoded {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
-}
-
 /// Folds `model`'s adapters into its weights and writes an HF checkpoint to `out`:
 /// weights (sharded above `options.max_shard_bytes`), `config.json` from `base_dir` with
 /// `torch_dtype` set, and the tokenizer and generation files of `base_dir` ([`COPIED_FILES`]).
@@ -259,24 +238,22 @@ pub fn save_merged<B: Backend>(model: Llama<B>, base_dir: &Path, out: &Path, opt
     let mut weight_map = BTreeMap::new();
     for (index, members) in plan.iter().enumerate() {
         let file = if count == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{count:05}.safetensors", index + 1) };
-        let encoded: Vec<(&str, Encoded)> = members
+        let encoded: Vec<(String, EncodedTensor)> = members
             .iter()
             .map(|&i| {
                 let (name, weight) = &weights[i];
                 let values: Vec<f32> = weight.data().convert::<f32>().to_vec().expect("float weights convert to f32");
-                let tensor = Encoded { dtype: options.dtype.safetensors(), shape: weight.shape(), bytes: options.dtype.encode(&values) };
-                (name.as_str(), tensor)
+                let tensor =
+                    EncodedTensor { dtype: options.dtype.safetensors(), shape: weight.shape(), bytes: options.dtype.encode(&values) };
+                (name.clone(), tensor)
             })
             .collect();
         for (name, _) in &encoded {
-            weight_map.insert(name.to_string(), file.clone());
+            weight_map.insert(name.clone(), file.clone());
         }
         let path = out.join(&file);
         let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-        // serialize_to_file writes a sibling temporary file and renames it over `path`.
-        safetensors::serialize_to_file(encoded.iter().map(|(n, t)| (*n, t)), Some(metadata), &path)
-            .map_err(|e| Error::Safetensors { path: path.clone(), reason: e.to_string() })?;
-        readable(&path)?;
+        write_encoded(&path, &encoded, Some(metadata))?;
         shards.push(path);
     }
     let total_bytes: u64 = sizes.iter().sum();
@@ -320,17 +297,6 @@ fn remove_old_checkpoint(dir: &Path) -> Result<()> {
             std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
         }
     }
-    Ok(())
-}
-
-/// Gives a file written through a private temporary file ordinary permissions.
-fn readable(path: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(path, e))?;
-    }
-    let _ = path;
     Ok(())
 }
 

@@ -181,15 +181,16 @@ impl TensorFiles {
     }
 }
 
-/// A tensor ready to be written: little-endian f32 bytes and a shape.
-struct F32View {
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
+/// A tensor ready to be written: its dtype, shape and little-endian bytes.
+pub(crate) struct EncodedTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
 }
 
-impl safetensors::View for &F32View {
+impl safetensors::View for &EncodedTensor {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        self.dtype
     }
     fn shape(&self) -> &[usize] {
         &self.shape
@@ -202,21 +203,25 @@ impl safetensors::View for &F32View {
     }
 }
 
-/// Writes named f32 tensors to `path` as safetensors, atomically ([`crate::io::write_atomic`]).
-///
-/// Tensors in any float dtype are converted to f32.
+/// Writes encoded tensors to `path` as one safetensors file, atomically
+/// ([`crate::io::write_atomic`]: temporary file, fsync, rename).
+pub(crate) fn write_encoded(path: &Path, tensors: &[(String, EncodedTensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), metadata)
+        .map_err(|e| Error::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+    crate::io::write_atomic(path, &bytes)
+}
+
+/// Writes named tensors to `path` as f32 safetensors, atomically. Tensors in any float dtype are
+/// converted to f32.
 pub fn save_tensors(path: &Path, tensors: Vec<(String, TensorData)>, metadata: Option<HashMap<String, String>>) -> Result<()> {
-    let views: Vec<(String, F32View)> = tensors
+    let encoded: Vec<(String, EncodedTensor)> = tensors
         .into_iter()
         .map(|(name, data)| {
             let shape = data.shape.to_vec();
             let values: Vec<f32> = data.convert::<f32>().to_vec().expect("converted to f32");
             let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name, F32View { shape, bytes })
+            (name, EncodedTensor { dtype: Dtype::F32, shape, bytes })
         })
         .collect();
-    let bytes = safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), metadata)
-        .map_err(|e| Error::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
-    crate::io::write_atomic(path, &bytes)?;
-    Ok(())
+    write_encoded(path, &encoded, metadata)
 }

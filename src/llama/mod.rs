@@ -13,6 +13,6 @@ mod rope;
 pub use cache::{KvCache, LayerCache};
 pub use config::{HfLlamaConfig, LlamaConfig, RopeScaling};
 pub use load::unfreeze_all;
-pub use model::{attention_bias, Attention, AttentionTables, DecoderLayer, ForwardOptions, Llama, Mlp, RmsNorm, MASKED};
+pub use model::{Attention, AttentionTables, DecoderLayer, ForwardOptions, Llama, Mlp, RmsNorm};
 pub use projection::Projection;
 pub use rope::{inverse_frequencies, RopeCache, RopeTables};

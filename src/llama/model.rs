@@ -5,15 +5,14 @@
 //! `layers[i].self_attn.q_proj.weight`), so loading and PEFT export need no remap table.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::silu;
-use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 
 use super::cache::{KvCache, LayerCache};
 use super::config::LlamaConfig;
 use super::projection::Projection;
 use super::rope::{inverse_frequencies, RopeTables};
 use crate::lora::{AdapterTap, LoraAdapter, LoraLinear};
-use crate::KernelBackend;
+use crate::{AttentionMask, KernelBackend};
 
 /// Per-call switches of the forward pass.
 pub struct ForwardOptions<'a, B: Backend> {
@@ -23,7 +22,7 @@ pub struct ForwardOptions<'a, B: Backend> {
     pub taps: Option<&'a mut Vec<AdapterTap<B>>>,
     /// Read and extend a KV cache (generation).
     pub cache: Option<&'a mut KvCache<B>>,
-    /// RoPE tables and attention bias built by the caller (per-row positions of a left-padded
+    /// RoPE tables and attention mask built by the caller (per-row positions of a left-padded
     /// batch; the key mask is then not read); `None` builds them from the key mask and the
     /// cache length.
     pub tables: Option<&'a AttentionTables<B>>,
@@ -44,13 +43,11 @@ pub struct RmsNorm<B: Backend> {
     pub eps: f64,
 }
 
-impl<B: Backend> RmsNorm<B> {
+impl<B: KernelBackend> RmsNorm<B> {
     /// # Shapes
     /// - x: `[..., hidden]` -> same
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        // A division, not `recip()`: ndarray's SIMD reciprocal is approximate (~1e-4 relative).
-        let rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt();
-        x / rms * self.weight.val().unsqueeze()
+        B::rms_norm(x, self.weight.val(), self.eps)
     }
 }
 
@@ -76,7 +73,6 @@ pub struct Attention<B: Backend> {
 impl<B: KernelBackend> Attention<B> {
     /// # Shapes
     /// - x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
-    /// - bias: `[batch, kv_heads, groups * seq, past + seq]`, from [`attention_bias`]
     fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -87,27 +83,20 @@ impl<B: KernelBackend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let groups = h / kvh;
 
         let q = self.q_proj.forward_with(x.clone(), train, taps.as_deref_mut());
         let k = self.k_proj.forward_with(x.clone(), train, taps.as_deref_mut());
         let v = self.v_proj.forward_with(x, train, taps.as_deref_mut());
-        let q = rope.q.apply(q.reshape([batch, seq, h, d])).mul_scalar(1.0 / (d as f64).sqrt()); // [batch, seq, h, d]
-        let mut k = rope.k.apply(k.reshape([batch, seq, kvh, d])); // [batch, seq, kvh, d]
+        let q = rope.rope.apply(q.reshape([batch, seq, h, d])); // [batch, seq, h, d]
+        let mut k = rope.rope.apply(k.reshape([batch, seq, kvh, d])); // [batch, seq, kvh, d]
         let mut v = v.reshape([batch, seq, kvh, d]);
 
         if let Some(cache) = cache {
             (k, v) = cache.append(k, v); // [batch, past + seq, kvh, d]
         }
 
-        // Grouped-query attention without repeating k and v: the `groups` query heads that
-        // share a kv head are stacked along the query axis (HF's head order is kv-major).
-        let q = q.reshape([batch, seq, kvh, groups, d]).permute([0, 2, 3, 1, 4]).reshape([batch, kvh, groups * seq, d]); // [batch, kvh, groups * seq, d]
-        let k = k.swap_dims(1, 2); // [batch, kvh, keys, d]
-        let v = v.swap_dims(1, 2); // [batch, kvh, keys, d]
-        let context = B::grouped_attention(q, k, v, rope.bias.clone()) // [batch, kvh, groups * seq, d]
-            .reshape([batch, kvh, groups, seq, d])
-            .permute([0, 3, 1, 2, 4])
+        // Grouped-query attention: query head i reads kv head i / (h / kvh), k and v unrepeated.
+        let context = B::causal_attention(q, k, v, &rope.mask, 1.0 / (d as f64).sqrt()) // [batch, seq, h, d]
             .reshape([batch, seq, h * d]);
         self.o_proj.forward_with(context, train, taps)
     }
@@ -115,42 +104,10 @@ impl<B: KernelBackend> Attention<B> {
 
 /// Per-forward constants shared by every layer's attention.
 pub struct AttentionTables<B: Backend> {
-    /// RoPE for the query heads.
-    pub q: RopeTables<B>,
-    /// RoPE for the key heads.
-    pub k: RopeTables<B>,
-    /// Additive mask, `[batch, kv_heads, groups * seq, past + seq]` (see [`attention_bias`]).
-    pub bias: Tensor<B, 4>,
-}
-
-/// The value added to the scores of forbidden query-key pairs: finite, so a row with no
-/// allowed key (an all-padding row) cannot produce NaN.
-pub const MASKED: f32 = -1e9;
-
-/// Additive attention bias: 0 where query i (at position `past + i`) may see key j (causal,
-/// and key j is a real token per `key_mask`, true = real), [`MASKED`] elsewhere. Rows are laid
-/// out as the grouped queries of [`Attention`], and the tensor is built at its full shape
-/// `[batch, kv_heads, groups * seq, past + seq]` so the add is a same-shape add.
-pub fn attention_bias<B: Backend>(
-    key_mask: Option<&[bool]>,
-    [batch, kv_heads, groups]: [usize; 3],
-    seq: usize,
-    past: usize,
-    device: &B::Device,
-) -> Tensor<B, 4> {
-    let keys = past + seq;
-    let mut bias = Vec::with_capacity(batch * kv_heads * groups * seq * keys);
-    for b in 0..batch {
-        let real = |j: usize| key_mask.is_none_or(|m| m[b * keys + j]);
-        let rows: Vec<f32> = (0..seq)
-            .flat_map(|i| (0..keys).map(move |j| (i, j)))
-            .map(|(i, j)| if j <= past + i && real(j) { 0.0 } else { MASKED })
-            .collect();
-        for _ in 0..kv_heads * groups {
-            bias.extend_from_slice(&rows);
-        }
-    }
-    Tensor::from_data(TensorData::new(bias, [batch, kv_heads, groups * seq, keys]), device)
+    /// RoPE for the positions of this forward (query and key heads alike).
+    pub rope: RopeTables<B>,
+    /// Which keys each query sees (causal from the cache offset, and key padding).
+    pub mask: AttentionMask,
 }
 
 /// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
@@ -168,7 +125,7 @@ impl<B: KernelBackend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>, train: bool, mut taps: Option<&mut Vec<AdapterTap<B>>>) -> Tensor<B, 3> {
         let gate = self.gate_proj.forward_with(x.clone(), train, taps.as_deref_mut());
         let up = self.up_proj.forward_with(x, train, taps.as_deref_mut());
-        self.down_proj.forward_with(silu(gate) * up, train, taps)
+        self.down_proj.forward_with(B::swiglu(gate, up), train, taps)
     }
 }
 
@@ -264,14 +221,14 @@ impl<B: KernelBackend> Llama<B> {
         options: ForwardOptions<'_, B>,
     ) -> Tensor<B, 3> {
         let ForwardOptions { train, mut taps, mut cache, tables } = options;
-        let [batch, seq] = input_ids.dims();
+        let [_, seq] = input_ids.dims();
         let device = input_ids.device();
         let start = cache.as_ref().map_or(0, |c| c.len());
         let built;
         let tables = match tables {
             Some(tables) => tables,
             None => {
-                built = self.attention_tables(key_mask.as_ref(), batch, seq, start, &device);
+                built = self.attention_tables(key_mask.as_ref(), seq, start, &device);
                 &built
             }
         };
@@ -288,14 +245,7 @@ impl<B: KernelBackend> Llama<B> {
         self.norm.forward(x)
     }
 
-    fn attention_tables(
-        &self,
-        key_mask: Option<&Tensor<B, 2, Bool>>,
-        batch: usize,
-        seq: usize,
-        past: usize,
-        device: &B::Device,
-    ) -> AttentionTables<B> {
+    fn attention_tables(&self, key_mask: Option<&Tensor<B, 2, Bool>>, seq: usize, past: usize, device: &B::Device) -> AttentionTables<B> {
         let c = &self.config;
         let inv_freq = inverse_frequencies(c);
         // Backends store booleans differently (u8, u32): read the mask back as integers.
@@ -304,9 +254,9 @@ impl<B: KernelBackend> Llama<B> {
             ints.into_iter().map(|v| v != 0).collect()
         });
         AttentionTables {
-            q: RopeTables::new(&inv_freq, past, seq, batch, c.num_attention_heads, device),
-            k: RopeTables::new(&inv_freq, past, seq, batch, c.num_key_value_heads, device),
-            bias: attention_bias(mask.as_deref(), [batch, c.num_key_value_heads, c.kv_groups()], seq, past, device),
+            rope: RopeTables::new(&inv_freq, past, seq, device),
+            // No padding at all is the kernels' fast path.
+            mask: AttentionMask { past, key_valid: mask.filter(|m| m.contains(&false)).map(Into::into) },
         }
     }
 }

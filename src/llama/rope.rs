@@ -8,6 +8,7 @@
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use super::config::{LlamaConfig, RopeScaling};
+use crate::KernelBackend;
 
 /// Inverse frequencies `theta^(-2i/d)` for i < d/2, after scaling, in f64.
 pub fn inverse_frequencies(config: &LlamaConfig) -> Vec<f64> {
@@ -38,96 +39,63 @@ pub fn inverse_frequencies(config: &LlamaConfig) -> Vec<f64> {
     }
 }
 
-/// cos and sin tables for a run of positions, materialised at the full `[batch, seq, heads,
-/// head_dim]` shape (element-wise ops on equal shapes take the CPU backends' fast path, where
-/// broadcasting falls back to strided iteration), plus the fixed matrix that computes
-/// `rotate_half` as one small matmul.
+/// cos and sin tables for a run of positions, `[1, len, head_dim / 2]` (both halves of the head
+/// dimension share a frequency), applied by the backend's fused RoPE kernel
+/// ([`KernelBackend::rope`]).
 #[derive(Debug, Clone)]
 pub struct RopeTables<B: Backend> {
-    /// `[batch, seq, heads, head_dim]`
-    pub cos: Tensor<B, 4>,
-    /// `[batch, seq, heads, head_dim]`
-    pub sin: Tensor<B, 4>,
-    /// `[head_dim, head_dim]` with `x R = rotate_half(x) = [-x2, x1]`.
-    pub rotate_half: Tensor<B, 2>,
+    /// `[batch or 1, len, head_dim / 2]`
+    pub cos: Tensor<B, 3>,
+    /// `[batch or 1, len, head_dim / 2]`
+    pub sin: Tensor<B, 3>,
 }
 
 impl<B: Backend> RopeTables<B> {
-    /// Tables for positions `start .. start + len`, repeated over `batch` and `heads`. Angles
-    /// are computed in f64 on the host and rounded once to f32.
-    pub fn new(inv_freq: &[f64], start: usize, len: usize, batch: usize, heads: usize, device: &B::Device) -> Self {
-        let (cos, sin) = cos_sin_rows(inv_freq, start..start + len, heads);
-        let shape = [batch, len, heads, 2 * inv_freq.len()];
+    /// Tables for positions `start .. start + len`. Angles are computed in f64 on the host and
+    /// rounded once to f32.
+    pub fn new(inv_freq: &[f64], start: usize, len: usize, device: &B::Device) -> Self {
+        let (cos, sin) = cos_sin_rows(inv_freq, start..start + len);
+        let shape = [1, len, inv_freq.len()];
         RopeTables {
-            cos: Tensor::from_data(TensorData::new(cos.repeat(batch), shape), device),
-            sin: Tensor::from_data(TensorData::new(sin.repeat(batch), shape), device),
-            rotate_half: rotate_half_matrix(inv_freq.len(), device),
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
         }
     }
+}
 
-    /// Rotates `x`, shaped `[batch, seq, heads, head_dim]` (contiguous, as projections give it).
+impl<B: KernelBackend> RopeTables<B> {
+    /// Rotates `x`, shaped `[batch, seq, heads, head_dim]`.
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [batch, seq, heads, head_dim] = x.dims();
-        let rotated =
-            x.clone().reshape([batch * seq * heads, head_dim]).matmul(self.rotate_half.clone()).reshape([batch, seq, heads, head_dim]);
-        x * self.cos.clone() + rotated * self.sin.clone()
+        B::rope(x, self.cos.clone(), self.sin.clone())
     }
 }
 
-/// cos and sin of `positions` x `heads` x both halves of the head dimension, row-major
-/// (`[positions, heads, head_dim]`). Angles in f64, rounded once to f32.
-fn cos_sin_rows(inv_freq: &[f64], positions: std::ops::Range<usize>, heads: usize) -> (Vec<f32>, Vec<f32>) {
-    let n = positions.len() * heads * 2 * inv_freq.len();
-    let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for pos in positions {
-        let angles: Vec<f64> = inv_freq.iter().map(|f| pos as f64 * f).collect();
-        let (c, s): (Vec<f32>, Vec<f32>) = angles.iter().map(|a| (a.cos() as f32, a.sin() as f32)).unzip();
-        // Both halves of the head dimension use the same frequencies.
-        for _ in 0..2 * heads {
-            cos.extend_from_slice(&c);
-            sin.extend_from_slice(&s);
-        }
-    }
-    (cos, sin)
+/// cos and sin of `positions` x the frequencies, row-major (`[positions, head_dim / 2]`).
+/// Angles in f64, rounded once to f32.
+fn cos_sin_rows(inv_freq: &[f64], positions: std::ops::Range<usize>) -> (Vec<f32>, Vec<f32>) {
+    let angles = positions.flat_map(|pos| inv_freq.iter().map(move |f| pos as f64 * f));
+    angles.map(|a| (a.cos() as f32, a.sin() as f32)).unzip()
 }
 
-/// The `[head_dim, head_dim]` matrix R with `x R = rotate_half(x) = [-x2, x1]`.
-fn rotate_half_matrix<B: Backend>(half: usize, device: &B::Device) -> Tensor<B, 2> {
-    let head_dim = 2 * half;
-    let mut rotate = vec![0f32; head_dim * head_dim];
-    for i in 0..half {
-        rotate[(i + half) * head_dim + i] = -1.0; // out[i] = -x[i + d/2]
-        rotate[i * head_dim + i + half] = 1.0; // out[i + d/2] = x[i]
-    }
-    Tensor::from_data(TensorData::new(rotate, [head_dim, head_dim]), device)
-}
-
-/// cos and sin of every position below a bound, for every head, kept on the device: the
-/// [`RopeTables`] of any set of positions (one per row and step when decoding a left-padded
-/// batch) are then two row gathers instead of a rebuild on the host and an upload.
+/// cos and sin of every position below a bound, kept on the device: the [`RopeTables`] of any
+/// set of positions (one per row and step when decoding a left-padded batch) are then two row
+/// gathers instead of a rebuild on the host and an upload.
 #[derive(Debug, Clone)]
 pub struct RopeCache<B: Backend> {
-    /// `[positions, heads * head_dim]`
+    /// `[positions, head_dim / 2]`
     cos: Tensor<B, 2>,
-    /// `[positions, heads * head_dim]`
+    /// `[positions, head_dim / 2]`
     sin: Tensor<B, 2>,
-    rotate_half: Tensor<B, 2>,
-    heads: usize,
-    head_dim: usize,
 }
 
 impl<B: Backend> RopeCache<B> {
     /// Tables for positions `0 .. positions`, with the same values as [`RopeTables::new`].
-    pub fn new(inv_freq: &[f64], positions: usize, heads: usize, device: &B::Device) -> Self {
-        let head_dim = 2 * inv_freq.len();
-        let (cos, sin) = cos_sin_rows(inv_freq, 0..positions, heads);
-        let shape = [positions, heads * head_dim];
+    pub fn new(inv_freq: &[f64], positions: usize, device: &B::Device) -> Self {
+        let (cos, sin) = cos_sin_rows(inv_freq, 0..positions);
+        let shape = [positions, inv_freq.len()];
         RopeCache {
             cos: Tensor::from_data(TensorData::new(cos, shape), device),
             sin: Tensor::from_data(TensorData::new(sin, shape), device),
-            rotate_half: rotate_half_matrix(inv_freq.len(), device),
-            heads,
-            head_dim,
         }
     }
 
@@ -135,13 +103,12 @@ impl<B: Backend> RopeCache<B> {
     ///
     /// # Shapes
     /// - positions: `[batch * seq]`, each below the bound given to [`Self::new`]
-    /// - output tables: `[batch, seq, heads, head_dim]`
+    /// - output tables: `[batch, seq, head_dim / 2]`
     pub fn tables(&self, positions: Tensor<B, 1, Int>, batch: usize, seq: usize) -> RopeTables<B> {
-        let shape = [batch, seq, self.heads, self.head_dim];
+        let [_, half] = self.cos.dims();
         RopeTables {
-            cos: self.cos.clone().select(0, positions.clone()).reshape(shape),
-            sin: self.sin.clone().select(0, positions).reshape(shape),
-            rotate_half: self.rotate_half.clone(),
+            cos: self.cos.clone().select(0, positions.clone()).reshape([batch, seq, half]),
+            sin: self.sin.clone().select(0, positions).reshape([batch, seq, half]),
         }
     }
 }
@@ -191,19 +158,15 @@ mod tests {
         use crate::test_support::TestBackend;
         let inv_freq = inverse_frequencies(&config(RopeScaling::Default));
         let device = Default::default();
-        let cache = RopeCache::<TestBackend>::new(&inv_freq, 12, 3, &device);
+        let cache = RopeCache::<TestBackend>::new(&inv_freq, 12, &device);
         // Two rows, three steps each: row 0 at positions 4..7, row 1 at 9..12.
         let positions = Tensor::from_data(TensorData::new(vec![4i64, 5, 6, 9, 10, 11], [6]), &device);
         let gathered = cache.tables(positions, 2, 3);
         for (row, start) in [(0, 4), (1, 9)] {
-            let built = RopeTables::<TestBackend>::new(&inv_freq, start, 3, 1, 3, &device);
+            let built = RopeTables::<TestBackend>::new(&inv_freq, start, 3, &device);
             for (ours, theirs) in [(&gathered.cos, &built.cos), (&gathered.sin, &built.sin)] {
                 ours.clone().narrow(0, row, 1).into_data().assert_eq(&theirs.clone().into_data(), true);
             }
         }
-        gathered
-            .rotate_half
-            .into_data()
-            .assert_eq(&RopeTables::<TestBackend>::new(&inv_freq, 0, 1, 1, 1, &device).rotate_half.into_data(), true);
     }
 }

@@ -18,8 +18,7 @@ use crate::error::{Error, Result};
 use super::decay::DecayToward;
 use crate::laplace::LaplacePrior;
 use crate::llama::{ForwardOptions, Llama};
-use crate::loss::{head_forward, hidden_grad};
-use crate::KernelAutodiffBackend;
+use crate::{KernelAutodiffBackend, KernelBackend};
 
 /// The training objective of a batch, ready for `backward`.
 pub struct LmObjective<B: AutodiffBackend> {
@@ -37,19 +36,15 @@ pub fn lm_objective<B: KernelAutodiffBackend>(model: &Llama<B>, batch: &Batch<B>
     let options = ForwardOptions { train, ..Default::default() };
     let hidden = model.hidden_states(batch.input_ids.clone(), Some(batch.key_mask.clone()), options);
     let head = model.head_weight();
-    let head_inner = head.clone().inner();
-    let targets = batch.targets.clone().inner();
-    let weights = batch.loss_mask.clone().inner().div_scalar(batch.num_targets.max(1) as f64);
-    let hidden_inner = hidden.clone().inner();
-    let out = head_forward(head_inner.clone(), hidden_inner.clone());
-    let nll = out.masked_nll(targets.clone(), weights.clone()).sum().into_scalar().to_f64();
-    let logit_grad = out.logit_grad(targets, weights);
-    let mut surrogate = (hidden * Tensor::from_inner(hidden_grad(head_inner, logit_grad.clone()))).sum();
-    if head_grad {
-        let [b, t, v] = logit_grad.dims();
-        let d = hidden_inner.dims()[2];
-        let weight_grad = logit_grad.reshape([b * t, v]).transpose().matmul(hidden_inner.reshape([b * t, d])); // [vocab, hidden]
-        surrogate = surrogate + (head * Tensor::from_inner(weight_grad)).sum();
+    let [b, t, d] = hidden.dims();
+    let weights = batch.loss_mask.clone().inner().div_scalar(batch.num_targets.max(1) as f64).reshape([b * t]);
+    let targets = batch.targets.clone().inner().reshape([b * t]);
+    // The head's loss and gradients in closed form, by the backend's kernel.
+    let out = B::InnerBackend::lm_head_loss(hidden.clone().inner().reshape([b * t, d]), head.clone().inner(), targets, weights, head_grad);
+    let nll = out.nll.into_scalar().to_f64();
+    let mut surrogate = (hidden * Tensor::from_inner(out.hidden_grad.reshape([b, t, d]))).sum();
+    if let Some(weight_grad) = out.head_grad {
+        surrogate = surrogate + (head * Tensor::from_inner(weight_grad)).sum(); // [vocab, hidden]
     }
     LmObjective { surrogate, nll }
 }

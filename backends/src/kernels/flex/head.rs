@@ -1,0 +1,107 @@
+//! The LM head's cross-entropy and its gradients over blocks of tokens: each task computes
+//! its block's `[rows, vocab]` logits with one gemm, turns them in place into
+//! `w (softmax - onehot)`, and multiplies back by the head, so the full `[tokens, vocab]`
+//! logits (64 MiB at 2048 tokens x 8192 words) never exist.
+
+use rayon::prelude::*;
+
+use super::gemm::{matmul, Mat, SharedMut};
+use super::simd::{exp, vectorized};
+
+/// Tokens per task.
+const ROWS: usize = 32;
+
+vectorized! {
+    /// One row of logits -> `weight * (softmax - onehot(target))`; returns the row's weighted
+    /// negative log-likelihood.
+    fn softmax_grad_row(row: &mut [f32], target: usize, weight: f32) -> f64 {
+        let picked = row[target];
+        let mut acc = [f32::NEG_INFINITY; 16];
+        let chunks = row.len() / 16;
+        for c in 0..chunks {
+            for t in 0..16 {
+                let v = row[c * 16 + t];
+                acc[t] = if v > acc[t] { v } else { acc[t] };
+            }
+        }
+        let max = row[chunks * 16..].iter().chain(acc.iter()).fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+        for v in row.iter_mut() {
+            *v = exp(*v - max);
+        }
+        let mut sums = [0f32; 16];
+        for c in 0..chunks {
+            for t in 0..16 {
+                sums[t] += row[c * 16 + t];
+            }
+        }
+        let sum: f32 = row[chunks * 16..].iter().sum::<f32>() + sums.iter().sum::<f32>();
+        let factor = weight / sum;
+        for v in row.iter_mut() {
+            *v *= factor;
+        }
+        row[target] -= weight;
+        weight as f64 * ((max as f64 + (sum as f64).ln()) - picked as f64)
+    }
+}
+
+/// What one run of tasks accumulates.
+struct Partial {
+    logits: Vec<f32>,
+    nll: f64,
+    head_grad: Option<Vec<f32>>,
+}
+
+/// `(sum_t w_t nll_t, dL/dh, dL/dW if asked)` for hidden `[tokens, d]` and head `[vocab, d]`.
+pub fn head_loss(h: &[f32], w: &[f32], targets: &[i64], weights: &[f32], d: usize, head_grad: bool) -> (f64, Vec<f32>, Option<Vec<f32>>) {
+    let vocab = w.len() / d;
+    let tokens = h.len() / d;
+    let mut dh = vec![0f32; tokens * d];
+    let dh_ptr = SharedMut::new(&mut dh);
+    let blocks = tokens.div_ceil(ROWS);
+    // Few, long runs of blocks when each run keeps its own [vocab, d] head gradient.
+    let min_len = if head_grad { blocks.div_ceil(2 * rayon::current_num_threads()).max(1) } else { 1 };
+    let total = (0..blocks)
+        .into_par_iter()
+        .with_min_len(min_len)
+        .fold(
+            || Partial { logits: vec![0f32; ROWS * vocab], nll: 0.0, head_grad: head_grad.then(|| vec![0f32; vocab * d]) },
+            |mut part, blk| {
+                let (r0, r1) = (blk * ROWS, ((blk + 1) * ROWS).min(tokens));
+                let rows = r1 - r0;
+                let h_blk = Mat::rows(&h[r0 * d..r1 * d], d);
+                let logits = &mut part.logits[..rows * vocab];
+                // SAFETY: h_blk is rows x d, the head vocab x d, logits rows x vocab.
+                unsafe { matmul(rows, vocab, d, logits.as_mut_ptr(), vocab, false, h_blk, Mat::rows(w, d).t(), 1.0, false) };
+                for (r, row) in logits.chunks_exact_mut(vocab).enumerate() {
+                    let weight = weights[r0 + r];
+                    if weight == 0.0 {
+                        row.fill(0.0);
+                        continue;
+                    }
+                    let target = usize::try_from(targets[r0 + r]).ok().filter(|&t| t < vocab);
+                    let target =
+                        target.unwrap_or_else(|| panic!("lm_head_loss: target {} outside the vocabulary of {vocab}", targets[r0 + r]));
+                    part.nll += softmax_grad_row(row, target, weight);
+                }
+                // SAFETY: rows r0..r1 of dh belong to this block alone.
+                unsafe {
+                    matmul(rows, d, vocab, dh_ptr.at(r0 * d), d, false, Mat::rows(logits, vocab), Mat::rows(w, d), 1.0, false);
+                    if let Some(dw) = part.head_grad.as_mut() {
+                        matmul(vocab, d, rows, dw.as_mut_ptr(), d, true, Mat::rows(logits, vocab).t(), h_blk, 1.0, false);
+                    }
+                }
+                part
+            },
+        )
+        .reduce_with(|mut a, b| {
+            a.nll += b.nll;
+            if let (Some(x), Some(y)) = (a.head_grad.as_mut(), b.head_grad.as_ref()) {
+                x.iter_mut().zip(y).for_each(|(x, y)| *x += *y);
+            }
+            a
+        });
+    match total {
+        Some(t) => (t.nll, dh, t.head_grad),
+        None => (0.0, dh, head_grad.then(|| vec![0f32; vocab * d])),
+    }
+}
