@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use crate::curvature::{Estimator, FisherType};
 use crate::error::{Error, Result};
+use crate::io::read_json;
 use crate::laplace::LaplaceConfig;
 use crate::llama::Projection;
 use crate::lora::{LoraConfig, LoraInit};
-use crate::io::read_json;
 use crate::seeds::SeededSweep;
 use crate::sweep::{sweep_files, ResultRow, SweepConfig, SweepFiles, SweepMethod, SweepPenalty};
 use crate::tasks::{write_tasks, TaskSizes};
@@ -75,12 +75,8 @@ impl DemoConfig {
     /// steps as there are lambdas.
     pub fn sweep(&self) -> SweepConfig {
         let seed = self.seeds.first().copied().unwrap_or(0);
-        let lora = LoraConfig::new()
-            .with_rank(8)
-            .with_alpha(16.0)
-            .with_targets(Projection::ALL.to_vec())
-            .with_init(self.init)
-            .with_seed(seed);
+        let lora =
+            LoraConfig::new().with_rank(8).with_alpha(16.0).with_targets(Projection::ALL.to_vec()).with_init(self.init).with_seed(seed);
         let max_len = 128;
         let train = TrainConfig::new()
             .with_optimizer(OptimizerConfig::new().with_weight_decay(0.01).with_clip(Some(1.0)))

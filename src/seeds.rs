@@ -174,8 +174,7 @@ impl SeededSweep {
         self.methods()
             .into_iter()
             .map(|m| {
-                let areas: Vec<f64> =
-                    per_seed.iter().filter_map(|s| s.iter().find(|x| x.method == m).map(|x| x.hypervolume)).collect();
+                let areas: Vec<f64> = per_seed.iter().filter_map(|s| s.iter().find(|x| x.method == m).map(|x| x.hypervolume)).collect();
                 let hypervolume = Estimate::of(&areas);
                 let best = self
                     .method_points(&m)
@@ -348,7 +347,8 @@ mod tests {
         assert_eq!(kfac, vec![(None, 0), (Some(10.0), 10), (Some(1.0), 10)]);
         let summary = seeded.summary();
         let lora = summary.iter().find(|s| s.method == "lora").unwrap();
-        let areas: Vec<f64> = seeded.runs.iter().map(|r| r.summary().into_iter().find(|s| s.method == "lora").unwrap().hypervolume).collect();
+        let areas: Vec<f64> =
+            seeded.runs.iter().map(|r| r.summary().into_iter().find(|s| s.method == "lora").unwrap().hypervolume).collect();
         assert_eq!(lora.per_seed, areas);
         assert!((lora.hypervolume.mean - (areas[0] + areas[1]) / 2.0).abs() < 1e-12);
         assert!(lora.hypervolume_interval.0 < lora.hypervolume.mean && lora.hypervolume.mean < lora.hypervolume_interval.1);

@@ -153,7 +153,8 @@ fn laplace_then_train_with_the_prior_then_eval() {
     assert!((12.0..=12.0 * 12.0).contains(&target_tokens), "{line}");
     let lambda: f64 = line.rsplit("= ").next().unwrap().parse().unwrap();
     assert!((lambda - source_tokens as f64 / target_tokens).abs() < 1e-5, "{line}");
-    let refused = lalora(&["train", "--model", s(&model), "--data", s(&target), "--method", "l2", "--lambda", "posterior", "--out", s(&run)]);
+    let refused =
+        lalora(&["train", "--model", s(&model), "--data", s(&target), "--method", "l2", "--lambda", "posterior", "--out", s(&run)]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--lambda posterior needs --method lalora"));
 

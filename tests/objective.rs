@@ -103,7 +103,11 @@ fn known(kind: &str, shapes: &[(usize, usize, usize)]) -> Known {
                 .collect(),
         ),
         "kfac" => Known::Kfac(
-            shapes.iter().enumerate().map(|(i, &(r, d_in, d_out))| [spd(d_in, 4 * i), spd(r, 4 * i + 1), spd(r, 4 * i + 2), spd(d_out, 4 * i + 3)]).collect(),
+            shapes
+                .iter()
+                .enumerate()
+                .map(|(i, &(r, d_in, d_out))| [spd(d_in, 4 * i), spd(r, 4 * i + 1), spd(r, 4 * i + 2), spd(d_out, 4 * i + 3)])
+                .collect(),
         ),
         _ => unreachable!(),
     }
@@ -137,7 +141,11 @@ fn library_prior(known: &Known, anchor: &Llama<AB>, shapes: &[(usize, usize, usi
                 .iter()
                 .zip(&paths)
                 .zip(shapes)
-                .map(|(((f_a, f_b), path), &(r, d_in, d_out))| DiagBlock { path: path.clone(), a: tensor(f_a, [r, d_in]), b: tensor(f_b, [d_out, r]) })
+                .map(|(((f_a, f_b), path), &(r, d_in, d_out))| DiagBlock {
+                    path: path.clone(),
+                    a: tensor(f_a, [r, d_in]),
+                    b: tensor(f_b, [d_out, r]),
+                })
                 .collect(),
         )),
         Known::Kfac(blocks) => Some(Curvature::Kfac(

@@ -13,9 +13,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::cast::ToElement as _;
 use burn::tensor::Tensor;
 
+use super::decay::DecayToward;
 use crate::data::Batch;
 use crate::error::{Error, Result};
-use super::decay::DecayToward;
 use crate::laplace::LaplacePrior;
 use crate::llama::{ForwardOptions, Llama};
 use crate::{KernelAutodiffBackend, KernelBackend};

@@ -191,7 +191,10 @@ fn print_summary(result: &SeededSweep, out: &Path) {
         }
     }
     println!();
-    println!("{:<18} {:>8} {:>6} {:>16} {:>16} {:>16} {:>18}", "best trade-off", "lambda", "step", "source", "target", "frontier area", "95% interval");
+    println!(
+        "{:<18} {:>8} {:>6} {:>16} {:>16} {:>16} {:>18}",
+        "best trade-off", "lambda", "step", "source", "target", "frontier area", "95% interval"
+    );
     for s in result.summary() {
         let lambda = s.best.lambda.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
         let interval = if seeds > 1 { format!("[{:.3}, {:.3}]", s.hypervolume_interval.0, s.hypervolume_interval.1) } else { "-".into() };
