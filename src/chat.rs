@@ -215,6 +215,7 @@ impl ChatTemplate {
             .encode(text.as_str(), false)
             .map_err(|e| Error::Tokenizer { path: tokenizer.path().to_path_buf(), reason: e.to_string() })?;
         let ids = encoding.get_ids().to_vec();
+        tokenizer.check_ids(&ids)?;
         let mask: Vec<bool> = encoding
             .get_offsets()
             .iter()

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 /// Errors a user can cause: bad paths, malformed files, wrong shapes, bad settings.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file could not be read or written (a full disk is said so, with the file).
+    #[error("{}", io_message(path, source))]
     Io {
         /// The file.
         path: PathBuf,
@@ -137,9 +137,42 @@ pub enum Error {
         /// What was looked for and where, or why the download failed.
         reason: String,
     },
+    /// A directory is locked by another process (a run or a prior being written).
+    #[error("{} is in use by {}: wait for it to finish, or use another directory", path.display(), holder(pid))]
+    Locked {
+        /// The locked directory.
+        path: PathBuf,
+        /// The process holding the lock, when it could be read.
+        pid: Option<u32>,
+    },
+    /// A fresh run was asked for in a directory that already holds one.
+    #[error("{}: already holds a run ({found}): continue it with --resume, or start over in it with --force", path.display())]
+    ExistingRun {
+        /// The run directory.
+        path: PathBuf,
+        /// The run files found there.
+        found: String,
+    },
     /// A numerical problem during a run (a non-finite loss, say), with where it happened.
     #[error("{0}")]
     Numerical(String),
+}
+
+/// `PATH: what the OS said`, or `disk full while writing PATH`.
+fn io_message(path: &std::path::Path, source: &std::io::Error) -> String {
+    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+    if matches!(source.kind(), StorageFull | QuotaExceeded) {
+        return format!("disk full while writing {} ({source})", path.display());
+    }
+    format!("{}: {source}", path.display())
+}
+
+/// Who holds a lock, for messages.
+fn holder(pid: &Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("another lalora process (pid {pid})"),
+        None => "another lalora process".to_string(),
+    }
 }
 
 /// Shorthand for results with [`Error`].
@@ -159,5 +192,22 @@ impl Error {
     /// A bad command-line flag or library argument (no file involved).
     pub fn arg(name: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::BadArgument { name: name.into(), reason: reason.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_said_so_with_the_file() {
+        // ENOSPC, as writing to /dev/full gives.
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").and_then(|mut f| std::io::Write::write_all(&mut f, b"x"));
+        let source = full.err().unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::StorageFull));
+        let text = Error::io("run/checkpoint.tmp/optimizer.bin", source).to_string();
+        assert!(text.starts_with("disk full while writing run/checkpoint.tmp/optimizer.bin"), "{text}");
+        assert!(!text.contains("Io {"), "{text}");
+        let other = Error::io("a.json", std::io::Error::from(std::io::ErrorKind::PermissionDenied)).to_string();
+        assert!(other.starts_with("a.json: "), "{other}");
     }
 }

@@ -8,6 +8,7 @@
 //!
 //! No `Result` alias is imported here: burn's `Config` derive writes `Result<..>` in its code.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -22,9 +23,11 @@ use crate::curvature::capture::{adapter_infos, capture_batch};
 use crate::curvature::{inner, Curvature, Estimator, FisherType};
 use crate::data::{lm_sequences_with, permutation, Batch, LmOptions, Sequence};
 use crate::error::Error;
+use crate::io::lock::DirLock;
 use crate::io::{peft, read_json, save_tensors, write_json_atomic, TensorFiles};
 use crate::llama::{Llama, Projection};
 use crate::lora::{trainable_param, LoraConfig, LoraInit};
+use crate::prior_check::{check_file_hashes, check_meta_values, check_psd, check_targets, file_hashes};
 use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
 use crate::KernelAutodiffBackend;
@@ -135,6 +138,11 @@ pub struct LaplaceMeta {
     pub seed: u64,
     /// lalora version that wrote it.
     pub lalora_version: String,
+    /// Content hashes of the prior's files (`curvature.safetensors` and the anchor's), by
+    /// their path in the prior directory; loading checks them, so a prior that mixes files
+    /// of different fits is refused. Empty for a prior not yet saved.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
 }
 
 /// One adapter's anchor `(A*, B*)`.
@@ -245,20 +253,23 @@ impl<B: Backend> LaplacePrior<B> {
     }
 
     /// Writes `curvature.safetensors`, `laplace.json` and `anchor/` to `dir`, as one unit: the
-    /// files go to a temporary sibling directory, which then replaces `dir`. `model` supplies
-    /// the adapters' structure (and the offset of an offset init); the anchor values are the
-    /// prior's own.
+    /// files go to a temporary sibling directory, which then replaces `dir`; `laplace.json`,
+    /// written last, records the other files' hashes. The prior directory is locked meanwhile
+    /// (see [`DirLock::prior_dir`]). `model` supplies the adapters' structure (and the offset
+    /// of an offset init); the anchor values are the prior's own.
     pub fn save(&self, dir: &Path, model: &Llama<B>, lora: &LoraConfig) -> crate::Result<()> {
         let curvature = self.curvature.as_ref().ok_or_else(|| Error::arg("curvature", "an isotropic prior has no curvature file"))?;
         let meta = self.meta.as_ref().ok_or_else(|| Error::arg("curvature", "the prior has no fit metadata to save"))?;
+        let _lock = DirLock::prior_dir(dir)?;
         let tmp = sibling(dir, "tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         let written = (|| {
             let tensors = curvature.tensors().into_iter().map(|(n, t)| (n, t.into_data())).collect();
             let metadata = [("format".to_string(), "lalora-curvature".to_string())].into_iter().collect();
             save_tensors(&tmp.join("curvature.safetensors"), tensors, Some(metadata))?;
-            write_json_atomic(&tmp.join("laplace.json"), meta)?;
-            peft::save_adapter(&self.at_anchor(model.clone()), lora, &tmp.join("anchor"))
+            peft::save_adapter(&self.at_anchor(model.clone()), lora, &tmp.join("anchor"))?;
+            let meta = LaplaceMeta { files: file_hashes(&tmp)?, ..meta.clone() };
+            write_json_atomic(&tmp.join("laplace.json"), &meta)
         })();
         if let Err(e) = written {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -317,6 +328,7 @@ impl<B: Backend> LaplacePrior<B> {
                 reason: format!("holds {} tensors, the model's adapters need {expected}", files.names().len()),
             });
         }
+        check_psd(&curvature_path, &curvature, anchor_model)?;
         Ok(LaplacePrior {
             anchors: anchors_of(anchor_model),
             curvature: Some(curvature),
@@ -326,22 +338,23 @@ impl<B: Backend> LaplacePrior<B> {
     }
 }
 
-/// `dir/laplace.json`, with its values checked.
+/// `dir/laplace.json`, with its values checked and the files it records checked against
+/// their hashes.
 fn read_meta(dir: &Path) -> crate::Result<LaplaceMeta> {
     let path = dir.join("laplace.json");
     let meta: LaplaceMeta = read_json(&path)?;
-    if !(meta.prior_precision.is_finite() && meta.prior_precision >= 0.0) {
-        return Err(Error::config(&path, "prior_precision", "must be a non-negative number"));
-    }
+    check_meta_values(&path, &meta)?;
+    check_file_hashes(dir, &meta)?;
     Ok(meta)
 }
 
-/// Every adapter of `model` has the prior's rank and scale.
+/// The model adapts the projections the prior covers, each with the prior's rank and scale.
 fn check_adapters<B: Backend>(meta: &LaplaceMeta, dir: &Path, model: &Llama<B>) -> crate::Result<()> {
     let adapters = model.adapters();
     if adapters.is_empty() {
         return Err(Error::Mismatch { path: dir.to_path_buf(), reason: "the model has no adapters to regularise".into() });
     }
+    check_targets(&dir.join("laplace.json"), meta, model)?;
     for a in &adapters {
         if a.rank() != meta.rank || (a.scale - meta.scale).abs() > 1e-9 * meta.scale.abs().max(1.0) {
             return Err(Error::Mismatch {
@@ -454,6 +467,7 @@ pub fn fit<B: KernelAutodiffBackend>(
         max_len: config.max_len,
         seed: config.seed,
         lalora_version: env!("CARGO_PKG_VERSION").to_string(),
+        files: BTreeMap::new(),
     };
     // Statistics were summed on the inner backend (no graph); the prior lives on the model's.
     let inner = LaplacePrior {

@@ -22,6 +22,7 @@ pub mod llama;
 pub mod lora;
 pub mod loss;
 pub mod posterior;
+mod prior_check;
 pub mod progress;
 pub mod tokenizer;
 pub mod train;

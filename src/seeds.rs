@@ -139,7 +139,8 @@ impl SeededSweep {
     /// # Panics
     /// If no seed has it.
     pub fn point(&self, method: &str, lambda: Option<f64>, step: usize) -> PointEstimate {
-        let same = |r: &&ResultRow| r.method == method && r.lambda == lambda && r.step == step;
+        // Diverged runs have no scores: a point averages the seeds that finished.
+        let same = |r: &&ResultRow| r.method == method && r.lambda == lambda && r.step == step && r.diverged.is_none();
         let rows: Vec<&ResultRow> = self.rows().filter(same).collect();
         assert!(!rows.is_empty(), "no seed has the point ({method}, {lambda:?}, step {step})");
         let of = |f: &dyn Fn(&ResultRow) -> f64| Estimate::of(&rows.iter().map(|r| f(r)).collect::<Vec<_>>());
@@ -158,7 +159,7 @@ impl SeededSweep {
     pub fn points(&self) -> Vec<PointEstimate> {
         let mut out = vec![];
         if let Some(first) = self.runs.first() {
-            for r in &first.rows {
+            for r in first.rows.iter().filter(|r| r.diverged.is_none()) {
                 if !out.iter().any(|p: &PointEstimate| p.method == r.method && p.lambda == r.lambda && p.step == r.step) {
                     out.push(self.point(&r.method, r.lambda, r.step));
                 }
@@ -206,11 +207,12 @@ impl SeededSweep {
     pub fn write(&self, dir: &Path) -> Result<()> {
         let set_names: Vec<String> = self.rows().next().map(|r| r.scores.keys().cloned().collect()).unwrap_or_default();
         let lambda = |l: Option<f64>| l.map(|l| l.to_string()).unwrap_or_default();
-        let mut csv = format!("method,seed,lambda,step,source_score,target_score,train_seconds,{}\n", set_names.join(","));
+        let mut csv = format!("method,seed,lambda,step,source_score,target_score,train_seconds,diverged,{}\n", set_names.join(","));
         for r in self.rows() {
             let sets: Vec<String> = set_names.iter().map(|n| format!("{:.6}", r.scores.get(n).copied().unwrap_or(f64::NAN))).collect();
+            // The reason goes to results.json; the CSV only flags the row.
             csv += &format!(
-                "{},{},{},{},{:.6},{:.6},{:.2},{}\n",
+                "{},{},{},{},{:.6},{:.6},{:.2},{},{}\n",
                 r.method,
                 r.seed,
                 lambda(r.lambda),
@@ -218,6 +220,7 @@ impl SeededSweep {
                 r.source_score,
                 r.target_score,
                 r.train_seconds,
+                r.diverged.is_some(),
                 sets.join(",")
             );
         }

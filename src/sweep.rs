@@ -160,6 +160,10 @@ pub struct ResultRow {
     pub scores: BTreeMap<String, f64>,
     /// Wall time of this run's training steps in seconds.
     pub train_seconds: f64,
+    /// Why the run stopped early (a non-finite loss, say); its scores are then NaN and it is
+    /// left out of frontiers, summaries and plots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<String>,
 }
 
 /// What a sweep produced.
@@ -188,6 +192,22 @@ fn row(method: &str, seed: u64, lambda: Option<f64>, step: usize, scores: &[Eval
         target_score: mean(scores[n_source..].iter().map(EvalScore::headline)),
         scores: scores.iter().map(|s| (s.name.clone(), s.headline())).collect(),
         train_seconds: seconds,
+        diverged: None,
+    }
+}
+
+/// The row of a run that stopped with a numerical error: kept, marked, and scored NaN.
+fn diverged_row(method: &str, seed: u64, lambda: Option<f64>, reason: String) -> ResultRow {
+    ResultRow {
+        method: method.to_string(),
+        seed,
+        lambda,
+        step: 0,
+        source_score: f64::NAN,
+        target_score: f64::NAN,
+        scores: BTreeMap::new(),
+        train_seconds: 0.0,
+        diverged: Some(reason),
     }
 }
 
@@ -208,8 +228,9 @@ pub struct SweepInputs {
 impl SweepInputs {
     /// Reads and tokenises the files of `files` (`max_len` tokens per sequence, the model's
     /// EOS after completions, its chat template for `messages` records).
-    pub fn read(files: &SweepFiles, max_len: usize, eos: Option<u32>) -> Result<Self> {
-        let tokenizer = Tokenizer::from_dir(&files.model)?;
+    /// The tokenizer's ids must fit the model's `vocab_size`.
+    pub fn read(files: &SweepFiles, max_len: usize, eos: Option<u32>, vocab_size: usize) -> Result<Self> {
+        let tokenizer = Tokenizer::for_model(&files.model, vocab_size)?;
         let chat = ChatTemplate::from_model_dir(&files.model)?;
         let read = LmOptions { max_len, eos, fields: files.fields.as_ref(), chat: chat.as_ref() };
         let train = lm_sequences_with(&files.train, &tokenizer, &read)?;
@@ -249,7 +270,7 @@ pub fn sweep_files<B: KernelAutodiffBackend>(
     }
     let base = Llama::<B>::load(&files.model, device)?;
     let eos = base.config.eos_token_ids.first().copied();
-    let inputs = SweepInputs::read(files, config.train.data.max_len, eos)?;
+    let inputs = SweepInputs::read(files, config.train.data.max_len, eos, base.config.vocab_size)?;
     let mut runs = Vec::with_capacity(seeds.len());
     for &seed in seeds {
         let config = config.with_seed(seed);
@@ -315,7 +336,15 @@ pub fn run_sweep<B: KernelAutodiffBackend>(
             let every = (config.train.schedule.steps / config.lora_points()).max(1);
             let mut train = config.train.clone().with_penalty(Penalty::None);
             train.eval.every = every;
-            let (_, report) = from_start(None).train(&train_data, &train, &control)?;
+            let report = match from_start(None).train(&train_data, &train, &control) {
+                Ok((_, report)) => report,
+                Err(crate::Error::Numerical(reason)) => {
+                    rows.push(diverged_row(&label, seed, None, reason));
+                    on_row(rows.last().expect("just pushed"));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             for EvalPoint { step, scores } in &report.evals {
                 rows.push(row(&label, seed, None, *step, scores, n_source, report.train_seconds));
                 on_row(rows.last().expect("just pushed"));
@@ -331,9 +360,15 @@ pub fn run_sweep<B: KernelAutodiffBackend>(
             let clock = Instant::now();
             let mut train = config.train.clone().with_penalty(method.train_penalty(lambda));
             train.eval.every = 0;
-            let (_, report) = from_start(prior).train(&train_data, &train, &control)?;
-            let last = report.evals.last().expect("training evaluates at the end");
-            rows.push(row(&label, seed, Some(lambda), last.step, &last.scores, n_source, report.train_seconds));
+            match from_start(prior).train(&train_data, &train, &control) {
+                Ok((_, report)) => {
+                    let last = report.evals.last().expect("training evaluates at the end");
+                    rows.push(row(&label, seed, Some(lambda), last.step, &last.scores, n_source, report.train_seconds));
+                }
+                // A setting that diverges is recorded; the others still run.
+                Err(crate::Error::Numerical(reason)) => rows.push(diverged_row(&label, seed, Some(lambda), reason)),
+                Err(e) => return Err(e),
+            }
             on_row(rows.last().expect("just pushed"));
             stages.push((format!("{label} lambda {lambda}"), clock.elapsed().as_secs_f64()));
         }
@@ -366,9 +401,11 @@ pub fn hypervolume(points: &[(f64, f64)]) -> f64 {
 
 impl SweepResult {
     /// Points of one method in the order its line runs: the `base` point first (lambda =
-    /// infinity, step 0), then the runs from strongest to weakest penalty or by step.
+    /// infinity, step 0), then the runs from strongest to weakest penalty or by step. Diverged
+    /// runs are left out.
     pub fn method_rows(&self, method: &str) -> Vec<&ResultRow> {
-        let mut rows: Vec<&ResultRow> = self.rows.iter().filter(|r| r.method == method || r.method == "base").collect();
+        let mut rows: Vec<&ResultRow> =
+            self.rows.iter().filter(|r| (r.method == method || r.method == "base") && r.diverged.is_none()).collect();
         let lambda = |r: &ResultRow| r.lambda.unwrap_or(f64::INFINITY);
         rows.sort_by(|a, b| {
             (b.method == "base").cmp(&(a.method == "base")).then(lambda(b).total_cmp(&lambda(a))).then(a.step.cmp(&b.step))
@@ -376,10 +413,11 @@ impl SweepResult {
         rows
     }
 
-    /// Method labels in first-seen order, `base` excluded.
+    /// Method labels in first-seen order, `base` excluded, and so are methods whose every run
+    /// diverged.
     pub fn methods(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for r in &self.rows {
+        for r in self.rows.iter().filter(|r| r.diverged.is_none()) {
             if r.method != "base" && !out.contains(&r.method) {
                 out.push(r.method.clone());
             }
@@ -441,6 +479,7 @@ mod tests {
             target_score: 0.0,
             scores: BTreeMap::new(),
             train_seconds: 0.0,
+            diverged: None,
         };
         let rows = vec![
             at("base", None, 0),

@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
+    /// The model's vocabulary size once checked against one ([`Self::for_vocab`]): every id
+    /// `encode` returns is below it.
+    id_limit: Option<usize>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -28,7 +31,7 @@ impl Tokenizer {
         }
         let inner =
             tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer { path: path.to_path_buf(), reason: e.to_string() })?;
-        Ok(Tokenizer { inner, path: path.to_path_buf() })
+        Ok(Tokenizer { inner, path: path.to_path_buf(), id_limit: None })
     }
 
     /// Loads `tokenizer.json` from a model directory.
@@ -38,7 +41,33 @@ impl Tokenizer {
 
     /// Wraps an in-memory tokenizer (one just trained, say).
     pub fn from_inner(inner: tokenizers::Tokenizer, path: PathBuf) -> Self {
-        Tokenizer { inner, path }
+        Tokenizer { inner, path, id_limit: None }
+    }
+
+    /// Checks that every token id is below a model's `vocab_size` (added tokens included: a
+    /// tokenizer may have more than the model's embedding holds) and makes `encode` check
+    /// every id it returns as well, so no id can index past the embedding.
+    ///
+    /// # Errors
+    /// [`Error::Mismatch`] naming the first token whose id is out of range.
+    pub fn for_vocab(mut self, vocab_size: usize) -> Result<Self> {
+        let too_big = self.inner.get_vocab(true).into_iter().filter(|(_, id)| *id as usize >= vocab_size).min_by_key(|(_, id)| *id);
+        if let Some((token, id)) = too_big {
+            return Err(Error::Mismatch {
+                path: self.path.clone(),
+                reason: format!(
+                    "token {token:?} has id {id}, but the model's vocab_size (config.json) is {vocab_size}: the model has no \
+                     embedding for it; use the tokenizer the model was trained with"
+                ),
+            });
+        }
+        self.id_limit = Some(vocab_size);
+        Ok(self)
+    }
+
+    /// Loads `dir/tokenizer.json` for a model with `vocab_size` tokens ([`Self::for_vocab`]).
+    pub fn for_model(dir: &Path, vocab_size: usize) -> Result<Self> {
+        Self::from_dir(dir)?.for_vocab(vocab_size)
     }
 
     /// The underlying `tokenizers` object.
@@ -54,7 +83,23 @@ impl Tokenizer {
     /// Token ids of `text`; `special` says whether the post-processor's tokens are added.
     pub fn encode_with(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         let encoding = self.inner.encode(text, special).map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: e.to_string() })?;
-        Ok(encoding.get_ids().to_vec())
+        let ids = encoding.get_ids().to_vec();
+        self.check_ids(&ids)?;
+        Ok(ids)
+    }
+
+    /// Checks ids against the model's vocabulary size, when this tokenizer knows it.
+    pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        if let (Some(limit), Some(&max)) = (self.id_limit, ids.iter().max()) {
+            if max as usize >= limit {
+                let token = self.inner.id_to_token(max).unwrap_or_default();
+                return Err(Error::Tokenizer {
+                    path: self.path.clone(),
+                    reason: format!("encoding gave id {max} ({token:?}), but the model's vocab_size is {limit}"),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Text of `ids`, special tokens skipped.
@@ -139,6 +184,23 @@ impl Tokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_past_the_models_vocabulary_are_refused_at_load_and_encode() {
+        let texts: Vec<String> = (0..50).map(|i| format!("The capital of Zorvia is Pellmar {i}.")).collect();
+        let tok = train_bpe(&texts, 280).unwrap();
+        let n = tok.vocab_size();
+        assert!(tok.clone().for_vocab(n).is_ok());
+        // One id too many: the error names the token and both sizes.
+        let err = tok.clone().for_vocab(n - 1).unwrap_err().to_string();
+        assert!(err.contains(&format!("id {}", n - 1)) && err.contains(&format!("vocab_size (config.json) is {}", n - 1)), "{err}");
+        // A token added after the check still cannot reach the model.
+        let mut checked = tok.for_vocab(n).unwrap();
+        checked.inner.add_special_tokens([tokenizers::AddedToken::from("<|extra|>", true)]).unwrap();
+        let err = checked.encode("Zorvia <|extra|>").unwrap_err().to_string();
+        assert!(err.contains(&format!("id {n}")) && err.contains("<|extra|>"), "{err}");
+        assert!(checked.encode("Zorvia").is_ok());
+    }
 
     #[test]
     fn trained_tokenizer_adds_bos_splits_digits_and_round_trips() {

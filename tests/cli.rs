@@ -194,7 +194,8 @@ fn train_resumes_and_refuses_nonsense() {
     let bad = lalora(&[&args[..], &["--lr", "-1"]].concat());
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("lr"));
-    let bad = lalora(&["train", "--model", s(&model), "--data", s(&target), "--method", "l2", "--out", s(&run)]);
+    // A fresh directory: `run` already holds a run, which a fresh `train` refuses first.
+    let bad = lalora(&["train", "--model", s(&model), "--data", s(&target), "--method", "l2", "--out", s(&model.join("run-l2"))]);
     assert!(!bad.status.success(), "l2 without --lambda must be refused");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--lambda"));
 }

@@ -111,9 +111,11 @@ fn a_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
         .with_checkpoint_every(1);
     let err = model.train(&data, &blow_up, &in_dir(&dir)).expect_err("must fail").to_string();
     assert!(err.contains("step ") && (err.contains("NaN") || err.contains("inf")), "{err}");
-    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("checkpoint/state.json")).unwrap()).unwrap();
     let failed_at: usize = err.split("step ").nth(1).unwrap().split(':').next().unwrap().parse().unwrap();
-    assert_eq!(state["step"].as_u64().unwrap() as usize, failed_at - 1, "the checkpoint is the last good step");
+    // Weights that give a non-finite loss are never checkpointed: at lr 1e30 the first step's are.
+    let kept = std::fs::read_to_string(dir.join("checkpoint/state.json")).ok();
+    let kept_step = kept.map(|s| serde_json::from_str::<serde_json::Value>(&s).unwrap()["step"].as_u64().unwrap() as usize).unwrap_or(0);
+    assert_eq!(kept_step, failed_at - 1, "the checkpoint is the last good step: {err}");
 }
 
 #[test]

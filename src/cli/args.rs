@@ -8,7 +8,9 @@ use lalora::curvature::FisherType;
 use lalora::data::{FieldMap, LmOptions};
 use lalora::io::hub::resolve_model;
 use lalora::train::{DataConfig, EvalConfig, OptimizerConfig, Penalty, ScheduleConfig, ScheduleKind, TrainConfig};
-use lalora::{AdapterSource, LoraConfig, LoraInit, Projection};
+use lalora::{AdapterSource, LlamaConfig, LoraConfig, LoraInit, Projection};
+
+use super::ranges::{at_least_one, dropout, fraction, non_negative, non_negative_f32, positive, token_length};
 
 /// Which model (and adapter) to load.
 #[derive(Args, Debug, Clone)]
@@ -60,17 +62,17 @@ impl DataArgs {
 /// Shape, scale and init of fresh LoRA adapters.
 #[derive(Args, Debug, Clone)]
 pub struct LoraArgs {
-    /// LoRA rank r.
-    #[arg(long, default_value_t = 8)]
+    /// LoRA rank r (at most the smaller side of each adapted projection).
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     pub rank: usize,
     /// LoRA alpha; the scale is alpha / r (alpha / sqrt(r) with --rslora).
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, default_value_t = 16.0, value_parser = positive)]
     pub alpha: f64,
     /// Use rsLoRA's scale alpha / sqrt(r).
     #[arg(long)]
     pub rslora: bool,
-    /// Dropout on the adapter input during training.
-    #[arg(long, default_value_t = 0.0)]
+    /// Dropout on the adapter input during training, in [0, 1).
+    #[arg(long, default_value_t = 0.0, value_parser = dropout)]
     pub lora_dropout: f64,
     /// Projections to adapt, comma-separated. Example: `--targets q_proj,v_proj`.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
@@ -118,16 +120,16 @@ impl FisherKind {
 #[derive(Args, Debug, Clone)]
 pub struct OptimArgs {
     /// Optimiser steps.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = at_least_one)]
     pub steps: usize,
     /// Sequences per micro-batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     pub batch_size: usize,
     /// Micro-batches per optimiser step (gradient accumulation).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub grad_accum: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, default_value_t = 2e-4, value_parser = positive)]
     pub lr: f64,
     /// Linear warmup steps.
     #[arg(long, default_value_t = 10)]
@@ -135,31 +137,35 @@ pub struct OptimArgs {
     /// Decay after warmup.
     #[arg(long, value_enum, default_value_t = ScheduleKind::Cosine)]
     pub schedule: ScheduleKind,
-    /// Final learning rate as a fraction of the peak.
-    #[arg(long, default_value_t = 0.1)]
+    /// Final learning rate as a fraction of the peak, in [0, 1].
+    #[arg(long, default_value_t = 0.1, value_parser = fraction)]
     pub min_lr_ratio: f64,
     /// AdamW decoupled weight decay (PyTorch's default 0.01; betas 0.9/0.999, eps 1e-8),
     /// toward the starting adapters rather than toward zero (with `--init offset` zero is not
     /// the base model).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = non_negative_f32)]
     pub weight_decay: f32,
     /// Clip the global gradient norm to this (0 disables).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
     pub clip: f64,
-    /// Keep at most this many tokens per training sequence.
-    #[arg(long, default_value_t = 512)]
-    pub max_len: usize,
+    /// Keep at most this many tokens per training sequence; at most the model's context
+    /// (`max_position_embeddings`). Default: 512, or the model's context if shorter.
+    #[arg(long, value_parser = token_length)]
+    pub max_len: Option<usize>,
     /// Evaluate every this many steps (0: only at the end).
     #[arg(long, default_value_t = 0)]
     pub eval_every: usize,
 }
 
 impl OptimArgs {
-    /// The training config for `penalty`; evaluation scores `eval_batch_size` sequences per
-    /// pass and generates at most `max_new_tokens`.
+    /// The training config for `penalty` and sequences of at most `max_len` tokens (see
+    /// [`max_len`]); evaluation scores `eval_batch_size` sequences per pass and generates at
+    /// most `max_new_tokens`.
+    #[allow(clippy::too_many_arguments)]
     pub fn train_config(
         &self,
         penalty: Penalty,
+        max_len: usize,
         seed: u64,
         checkpoint_every: usize,
         eval_batch_size: usize,
@@ -177,19 +183,33 @@ impl OptimArgs {
                     .with_min_lr_ratio(self.min_lr_ratio),
             )
             .with_data(
-                DataConfig::new()
-                    .with_batch_size(self.batch_size)
-                    .with_grad_accum(self.grad_accum)
-                    .with_max_len(self.max_len)
-                    .with_seed(seed),
+                DataConfig::new().with_batch_size(self.batch_size).with_grad_accum(self.grad_accum).with_max_len(max_len).with_seed(seed),
             )
             .with_eval(
                 EvalConfig::new()
                     .with_every(self.eval_every)
                     .with_batch_size(eval_batch_size)
-                    .with_max_len(self.max_len)
+                    .with_max_len(max_len)
                     .with_max_new_tokens(max_new_tokens),
             )
             .with_checkpoint_every(checkpoint_every)
+    }
+}
+
+/// The token limit for a model: `flag` if given (refused above the model's context, its
+/// `max_position_embeddings`: past it RoPE positions were never trained and attention memory
+/// grows with the square of the length), else `default` cut to the context.
+pub fn max_len(flag: Option<usize>, default: usize, config: &LlamaConfig, model_dir: &std::path::Path) -> lalora::Result<usize> {
+    let context = config.max_position_embeddings;
+    match flag {
+        Some(n) if n > context => Err(lalora::Error::arg(
+            "max-len",
+            format!(
+                "{n} is above the model's context: max_position_embeddings is {context} in {}",
+                model_dir.join("config.json").display()
+            ),
+        )),
+        Some(n) => Ok(n),
+        None => Ok(default.min(context)),
     }
 }

@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod ranges;
 
 use clap::{ArgMatches, CommandFactory, Parser, Subcommand};
 

@@ -1,7 +1,9 @@
 //! Files in and out: safetensors checkpoints, PEFT adapters, JSON, atomic writes.
 
 pub mod files;
+pub mod hash;
 pub mod hub;
+pub mod lock;
 pub mod merge;
 pub mod peft;
 pub mod safetensors;

@@ -41,6 +41,13 @@ struct PeftConfigIn {
     rank_pattern: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     alpha_pattern: BTreeMap<String, serde_json::Value>,
+    /// A list of module names (matched as peft does: the whole path or its last parts), or a
+    /// string: `all-linear`, or a regular expression (not checked).
+    #[serde(default)]
+    target_modules: Option<serde_json::Value>,
+    /// A layer index or a list of them; null: every layer.
+    #[serde(default)]
+    layers_to_transform: Option<serde_json::Value>,
 }
 
 /// lalora's note beside an offset adapter: how to split the rank-2r PEFT tensors.
@@ -154,6 +161,7 @@ pub fn load_adapter<B: Backend>(model: Llama<B>, dir: &Path) -> Result<(Llama<B>
     if targets.is_empty() {
         return Err(Error::EmptyData { path: weights_path, reason: "holds no lora_A/lora_B tensors".into() });
     }
+    check_declared_modules(&raw, &config_path, &model)?;
     let lora = match &sidecar {
         Some(s) => {
             LoraConfig { rank: s.rank, alpha: s.alpha, rslora: s.rslora, dropout: raw.lora_dropout, targets, init: s.init, seed: s.seed }
@@ -169,6 +177,60 @@ pub fn load_adapter<B: Backend>(model: Llama<B>, dir: &Path) -> Result<(Llama<B>
         },
     };
     Ok((model, PeftAdapterInfo { lora }))
+}
+
+/// The adapters found in the weights are the ones `adapter_config.json` declares: every
+/// module `target_modules` names in every layer of `layers_to_transform` has tensors, and no
+/// other module has. A regular-expression `target_modules` is not checked.
+fn check_declared_modules<B: Backend>(raw: &PeftConfigIn, config_path: &Path, model: &Llama<B>) -> Result<()> {
+    let bad = |field: &str, reason: String| Err(Error::config(config_path, field, reason));
+    let names: Option<Vec<String>> = match &raw.target_modules {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if s == "all-linear" => Some(Projection::ALL.iter().map(|p| p.hf_name().to_string()).collect()),
+        Some(serde_json::Value::String(_)) => None,
+        Some(serde_json::Value::Array(items)) => {
+            let names: Option<Vec<String>> = items.iter().map(|v| v.as_str().map(str::to_string)).collect();
+            match names {
+                Some(names) => Some(names),
+                None => return bad("target_modules", "must be a list of module names or a string".into()),
+            }
+        }
+        Some(other) => return bad("target_modules", format!("must be a list of module names or a string, not {other}")),
+    };
+    let layers: Option<Vec<usize>> = match &raw.layers_to_transform {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) if v.is_u64() => v.as_u64().map(|i| vec![i as usize]),
+        Some(serde_json::Value::Array(items)) => match items.iter().map(|v| v.as_u64().map(|i| i as usize)).collect() {
+            Some(layers) => Some(layers),
+            None => return bad("layers_to_transform", "must be a layer index or a list of them".into()),
+        },
+        Some(other) => return bad("layers_to_transform", format!("must be a layer index or a list of them, not {other}")),
+    };
+    let Some(names) = names else { return Ok(()) };
+    for (i, layer) in model.layers.iter().enumerate() {
+        for (projection, linear) in layer.projections() {
+            let path = projection.module_path(i);
+            // peft's rule: a target matches the whole module path or its tail after a dot.
+            let named = names.iter().any(|n| path == *n || path.ends_with(&format!(".{n}")));
+            let declared = named && layers.as_ref().is_none_or(|l| l.contains(&i));
+            match (declared, linear.adapter.is_some()) {
+                (true, false) => {
+                    return bad("target_modules", format!("declares `{path}`, but adapter_model.safetensors has no lora tensors for it"))
+                }
+                (false, true) if !named => {
+                    return bad("target_modules", format!("does not name `{path}`, but adapter_model.safetensors has lora tensors for it"))
+                }
+                (false, true) => {
+                    return bad(
+                        "layers_to_transform",
+                        format!("leaves out layer {i}, but adapter_model.safetensors has lora tensors for `{path}`"),
+                    )
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes the model's adapters to `dir` in PEFT's layout (config, weights, and for an offset

@@ -107,9 +107,20 @@ impl<B: Backend> Llama<B> {
         build(config, &mut RandomInit { rng: InitRng::new(seed), device }, !config.tie_word_embeddings).expect("random init cannot fail")
     }
 
-    /// Adds fresh adapters to the projections `lora` targets (replacing any there).
+    /// Adds fresh adapters to the projections `lora` targets (replacing any there). The rank
+    /// may not exceed the smaller side of any targeted projection: past it, `B A` gains no
+    /// expressiveness, only parameters.
     pub fn with_adapters(mut self, lora: &LoraConfig) -> Result<Self> {
         lora.validate()?;
+        for (name, projection) in self.layers.first().map(|l| l.projections()).into_iter().flatten() {
+            let [d_out, d_in] = projection.dims();
+            if lora.wants(name) && lora.rank > d_out.min(d_in) {
+                return Err(Error::arg(
+                    "rank",
+                    format!("{} is above what `{name}` ({d_out} x {d_in}) can use: at most {}", lora.rank, d_out.min(d_in)),
+                ));
+            }
+        }
         let device = self.embed_tokens.device();
         let mut rng = InitRng::new(lora.seed);
         for (i, layer) in self.layers.iter_mut().enumerate() {

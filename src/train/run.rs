@@ -1,27 +1,27 @@
 //! The fine-tuning loop: lr -> forward and NLL -> `+ lambda/2 * penalty` -> backward -> clip ->
 //! AdamW, with periodic evaluation, JSONL logs and resumable checkpoints.
 //!
-//! A run directory holds `config.json` (the [`RunConfig`], written before step 0 and checked
-//! by a resume), `log.jsonl`, and `checkpoint/`: the adapters (PEFT layout), the optimiser
-//! state, the step and the data position. The dropout generator is reseeded from (seed, step)
-//! at every step, so a resumed run reaches the same final adapters as one that never stopped.
+//! A run directory (see [`super::run_dir`]) holds `config.json` (settings and inputs, checked
+//! by a resume), `log.jsonl` and `checkpoint/`. The dropout generator is reseeded from (seed,
+//! step) at every step, so a resumed run reaches the same final adapters as one that never
+//! stopped.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::Optimizer;
-use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
-use serde::{Deserialize, Serialize};
+use burn::tensor::cast::ToElement as _;
+use serde::Serialize;
 
-use super::config::{Penalty, RunConfig, TrainConfig};
+use super::config::{Penalty, TrainConfig};
 use super::decay::DecayToward;
-use super::step::{trainable_params, Step};
+use super::fingerprint::RunInputs;
+use super::run_dir::{CheckpointState, RunDir, RunRecord};
+use super::step::{lm_objective, trainable_params, Step};
 use crate::data::{Batch, DataPosition, Sequence, Shuffler};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalOptions, EvalScore, EvalSet};
-use crate::io::{peft, read_json, write_json_atomic};
 use crate::laplace::LaplacePrior;
 use crate::llama::Llama;
 use crate::lora::LoraConfig;
@@ -42,10 +42,24 @@ pub struct TrainData<'a> {
 /// How a run is driven, apart from what it computes.
 #[derive(Debug, Clone, Default)]
 pub struct TrainControl {
-    /// Run directory for `config.json`, logs and checkpoints (None: nothing is written).
+    /// Run directory for `config.json`, logs and checkpoints (None: nothing is written). It
+    /// is locked while the run writes it.
     pub run_dir: Option<PathBuf>,
-    /// Continue from the run directory's newest checkpoint.
+    /// Continue from the run directory's newest checkpoint (from step 0 if it has none yet);
+    /// the settings and inputs must match its `config.json`.
     pub resume: bool,
+    /// Start a fresh run in a directory that already holds one, removing that run's files.
+    pub force: bool,
+    /// Settings a resume may change, as `config.json` paths (`train.schedule.lr`,
+    /// `train.penalty.lambda`): to continue a stopped run from its last good checkpoint with a
+    /// lower learning rate, say. The new values replace the recorded ones.
+    pub allow_changes: Vec<String>,
+    /// Content hashes of files the run reads, recorded with its inputs and checked on resume
+    /// (the command line hashes `--data`, `--laplace` and `--adapter`).
+    pub input_files: BTreeMap<String, String>,
+    /// JSON files written into a fresh run's directory once its checks have passed (the
+    /// command line's `run.json`); a resume leaves them as they are.
+    pub run_files: Vec<(String, serde_json::Value)>,
     /// End this call after this many steps in total, with a checkpoint (to split a long run).
     pub stop_after: Option<usize>,
     /// Show a progress bar.
@@ -83,119 +97,6 @@ impl TrainReport {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CheckpointState {
-    step: usize,
-    data: DataPosition,
-}
-
-/// A run directory: `config.json`, `log.jsonl`, `checkpoint/`.
-struct RunDir {
-    path: PathBuf,
-}
-
-impl RunDir {
-    fn new(path: &Path) -> Result<Self> {
-        std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
-        Ok(RunDir { path: path.to_path_buf() })
-    }
-
-    fn log(&self, value: serde_json::Value) -> Result<()> {
-        let path = self.path.join("log.jsonl");
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        writeln!(f, "{value}").map_err(|e| Error::io(&path, e))
-    }
-
-    /// Writes `config.json` for a fresh run; for a resumed one, checks that the saved config
-    /// equals `config` and names the first setting that differs.
-    fn config(&self, config: &RunConfig, resume: bool) -> Result<()> {
-        let path = self.path.join("config.json");
-        if !resume {
-            return write_json_atomic(&path, config);
-        }
-        // Both sides go through the same serialisation, so f32 settings compare exactly.
-        let as_json = |c: &RunConfig| serde_json::to_value(c).map_err(|source| Error::Json { path: path.clone(), source });
-        let (saved, wanted) = (as_json(&read_json::<RunConfig>(&path)?)?, as_json(config)?);
-        let differences = differences(&saved, &wanted, "");
-        if differences.is_empty() {
-            return Ok(());
-        }
-        let listed: Vec<String> = differences.iter().map(|(field, was, now)| format!("{field} was {was}, is now {now}")).collect();
-        Err(Error::Mismatch {
-            path,
-            reason: format!("the run was made with other settings ({}); resume with the same settings", listed.join("; ")),
-        })
-    }
-
-    /// Writes a checkpoint into `checkpoint.tmp/`, then swaps it in, so the previous
-    /// checkpoint survives an interruption.
-    fn save_checkpoint<B: KernelAutodiffBackend, O: Optimizer<Llama<B>, B>>(
-        &self,
-        model: &Llama<B>,
-        lora: &LoraConfig,
-        optim: &O,
-        state: &CheckpointState,
-    ) -> Result<()> {
-        let tmp = self.path.join("checkpoint.tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        peft::save_adapter(model, lora, &tmp.join("adapter"))?;
-        BinFileRecorder::<FullPrecisionSettings>::new()
-            .record(optim.to_record(), tmp.join("optimizer"))
-            .map_err(|e| Error::io(tmp.join("optimizer.bin"), std::io::Error::other(e.to_string())))?;
-        write_json_atomic(&tmp.join("state.json"), state)?;
-        let current = self.path.join("checkpoint");
-        let old = self.path.join("checkpoint.old");
-        let _ = std::fs::remove_dir_all(&old);
-        if current.exists() {
-            std::fs::rename(&current, &old).map_err(|e| Error::io(&current, e))?;
-        }
-        std::fs::rename(&tmp, &current).map_err(|e| Error::io(&current, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(())
-    }
-
-    /// The newest complete checkpoint directory, if any.
-    fn checkpoint_dir(&self) -> Option<PathBuf> {
-        ["checkpoint", "checkpoint.old"].iter().map(|n| self.path.join(n)).find(|p| p.join("state.json").exists())
-    }
-
-    /// Loads the newest checkpoint into `model` and `optim`; returns its state.
-    fn resume<B: KernelAutodiffBackend, O: Optimizer<Llama<B>, B>>(
-        &self,
-        model: Llama<B>,
-        optim: O,
-    ) -> Result<(Llama<B>, O, CheckpointState)> {
-        let dir = self.checkpoint_dir().ok_or_else(|| {
-            Error::io(self.path.join("checkpoint"), std::io::Error::new(std::io::ErrorKind::NotFound, "no checkpoint to resume from"))
-        })?;
-        let state: CheckpointState = read_json(&dir.join("state.json"))?;
-        let model = peft::load_adapter(model, &dir.join("adapter"))?.0;
-        let device = model.embed_tokens.device();
-        let record = BinFileRecorder::<FullPrecisionSettings>::new()
-            .load(dir.join("optimizer"), &device)
-            .map_err(|e| Error::io(dir.join("optimizer.bin"), std::io::Error::other(e.to_string())))?;
-        Ok((model, optim.load_record(record), state))
-    }
-}
-
-/// Every place where two JSON values differ, as (dotted path, saved, wanted).
-fn differences(saved: &serde_json::Value, wanted: &serde_json::Value, at: &str) -> Vec<(String, String, String)> {
-    use serde_json::Value;
-    match (saved, wanted) {
-        (Value::Object(a), Value::Object(b)) => {
-            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-            keys.into_iter()
-                .flat_map(|k| {
-                    let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
-                    differences(a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), &path)
-                })
-                .collect()
-        }
-        _ if saved == wanted => Vec::new(),
-        _ => vec![(at.to_string(), saved.to_string(), wanted.to_string())],
-    }
-}
-
 /// Trains the adapters of `model` on `data` (see [`crate::LaLoRA::train`]). `prior` is the
 /// model's Laplace prior, required by [`Penalty::Laplace`]; the `l2` penalty and AdamW's weight
 /// decay are taken around the starting adapters (see [`super::decay`]).
@@ -224,10 +125,11 @@ pub(crate) fn train<B: KernelAutodiffBackend>(
             Some((prior, lambda / 2.0))
         }
     };
-    let run = control.run_dir.as_deref().map(RunDir::new).transpose()?;
-    if control.resume && run.is_none() {
+    check_sequences(&model, data.sequences)?;
+    if control.resume && control.run_dir.is_none() {
         return Err(Error::arg("resume", "needs a run directory"));
     }
+    let run = control.run_dir.as_deref().map(|dir| RunDir::open(dir, control.resume, control.force)).transpose()?;
     let device = model.embed_tokens.device();
     let mut model = model;
     // AdamW without its own decay: the step decays toward the starting adapters instead.
@@ -235,13 +137,20 @@ pub(crate) fn train<B: KernelAutodiffBackend>(
     let decay = DecayToward { anchors: &start.anchors, rate: config.optimizer.weight_decay as f64 };
     let mut step = 0;
     let mut position = DataPosition::default();
+    let mut last_loss = f64::NAN;
     if let Some(run) = &run {
-        run.config(&RunConfig::new(lora.clone(), config.clone()), control.resume)?;
+        let laplace = if let Penalty::Laplace { .. } = config.penalty { prior.map(|(p, _)| p) } else { None };
+        let inputs = RunInputs::of(&model, data.sequences, laplace, &control.input_files);
+        let record = RunRecord { lora: lora.clone(), train: config.clone(), inputs };
+        run.begin(&record, control.resume, &control.allow_changes, &control.run_files)?;
         if control.resume {
             let state;
             (model, optim, state) = run.resume(model, optim)?;
-            step = state.step;
-            position = state.data;
+            if let Some(state) = state {
+                (step, position) = (state.step, state.data);
+                last_loss = state.loss.unwrap_or(f64::NAN);
+            }
+            run.rewind_log(step)?;
         }
     }
 
@@ -253,24 +162,23 @@ pub(crate) fn train<B: KernelAutodiffBackend>(
     let eval_options =
         EvalOptions { batch_size: config.eval.batch_size, max_len: config.eval.max_len, max_new_tokens: config.eval.max_new_tokens };
 
-    let mut report = TrainReport { evals: Vec::new(), last_loss: f64::NAN, train_seconds: 0.0, tokens: 0, steps_done: step };
+    let mut report = TrainReport { evals: Vec::new(), last_loss, train_seconds: 0.0, tokens: 0, steps_done: step };
     let last_step = control.stop_after.map_or(schedule.steps, |s| s.min(schedule.steps));
     while step < last_step {
         let start = Instant::now();
         // Dropout draws depend only on (seed, step): resuming replays them exactly.
         B::seed(&device, config.data.seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
         let lr = schedule.lr_at(step);
-        let micro_batches = (0..config.data.grad_accum)
+        let micro_batches: Vec<Batch<B>> = (0..config.data.grad_accum)
             .map(|_| {
                 let picked: Vec<&Sequence> = shuffler.next_batch(config.data.batch_size).into_iter().map(|i| &data.sequences[i]).collect();
                 Batch::new(&picked, &device)
             })
             .collect();
+        let first_batch = micro_batches[0].clone();
         let one = Step { lr, clip: config.optimizer.clip, head_grad: false, penalty: prior, params: &params, decay: Some(decay) };
         let out;
-        (model, out) = one.run(model, &mut optim, micro_batches).map_err(|e| {
-            Error::Numerical(format!("step {}: {e}; stopped (the last checkpoint, if any, is kept). Lower --lr or --lambda.", step + 1))
-        })?;
+        (model, out) = one.run(model, &mut optim, micro_batches).map_err(|e| stopped(step + 1, &e.to_string(), run.is_some()))?;
         step += 1;
         report.tokens += out.tokens;
         report.last_loss = out.loss;
@@ -300,7 +208,8 @@ pub(crate) fn train<B: KernelAutodiffBackend>(
         if let Some(run) = &run {
             let periodic = config.checkpoint_every > 0 && step % config.checkpoint_every == 0;
             if periodic || at_end || step == last_step {
-                let state = CheckpointState { step, data: shuffler.position() };
+                check_checkpointable(&model, &first_batch).map_err(|reason| stopped(step, &reason, true))?;
+                let state = CheckpointState { step, data: shuffler.position(), loss: Some(out.loss) };
                 run.save_checkpoint(&model, lora, &optim, &state)?;
             }
         }
@@ -309,25 +218,64 @@ pub(crate) fn train<B: KernelAutodiffBackend>(
     Ok((model, report))
 }
 
+/// The error that stops a run at `step`, with advice a user can follow.
+fn stopped(step: usize, reason: &str, with_run_dir: bool) -> Error {
+    let advice = if with_run_dir {
+        "The last good checkpoint is kept. Lower --lr (or --lambda): start over with --force, or continue from the \
+         checkpoint with the new value and --resume --allow-change lr (or lambda)"
+    } else {
+        "Lower the learning rate (or lambda) and start again"
+    };
+    Error::Numerical(format!("step {step}: {reason}; stopped. {advice}."))
+}
+
+/// Whether the model may be checkpointed: every adapter value is finite and the model gives a
+/// finite loss on `batch` (weights can be finite yet so large that the forward overflows).
+/// The optimiser's moments need no check of their own: they average gradients and their
+/// squares, and a step whose squared gradients overflow has a non-finite gradient norm and is
+/// refused before the optimiser sees it ([`Step::run`]).
+fn check_checkpointable<B: KernelAutodiffBackend>(model: &Llama<B>, batch: &Batch<B>) -> std::result::Result<(), String> {
+    for adapter in model.adapters() {
+        for (name, tensor) in [("lora_A", adapter.lora_a.val()), ("lora_B", adapter.lora_b.val())] {
+            let largest = tensor.abs().max().into_scalar().to_f64();
+            if !largest.is_finite() {
+                return Err(format!("the updated adapter `{}.{name}` holds non-finite values", adapter.path()));
+            }
+        }
+    }
+    let nll = lm_objective(model, batch, false, false).nll;
+    if !nll.is_finite() {
+        return Err(format!("the updated weights give a loss of {nll} on the step's batch"));
+    }
+    Ok(())
+}
+
+/// Every token id has an embedding and no sequence is longer than the model's context.
+fn check_sequences<B: KernelAutodiffBackend>(model: &Llama<B>, sequences: &[Sequence]) -> Result<()> {
+    let (vocab, context) = (model.config.vocab_size, model.config.max_position_embeddings);
+    for (i, s) in sequences.iter().enumerate() {
+        if let Some(&id) = s.ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::BadRecord {
+                path: "<training data>".into(),
+                line: i + 1,
+                reason: format!("token id {id} is not below the model's vocab_size {vocab}"),
+            });
+        }
+        if s.ids.len() > context {
+            return Err(Error::BadRecord {
+                path: "<training data>".into(),
+                line: i + 1,
+                reason: format!("{} tokens, more than the model's context (max_position_embeddings {context}): lower max_len", s.ids.len()),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Scores every eval set on the model without autodiff.
 fn evaluate_all<B: KernelAutodiffBackend>(model: &Llama<B>, data: &TrainData<'_>, options: &EvalOptions, step: usize) -> Result<EvalPoint> {
     let inner = model.valid();
     let scores =
         data.eval_sets.iter().map(|set| evaluate(&inner, data.tokenizer, set, options, &Progress::hidden())).collect::<Result<Vec<_>>>()?;
     Ok(EvalPoint { step, scores })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn differences_are_named_by_their_paths() {
-        let a = serde_json::json!({"lora": {"rank": 8, "alpha": 16.0}, "train": {"lr": 1e-3}});
-        let b = serde_json::json!({"lora": {"rank": 4, "alpha": 16.0}, "train": {"lr": 2e-3}});
-        let found = differences(&a, &b, "");
-        assert_eq!(found[0], ("lora.rank".to_string(), "8".to_string(), "4".to_string()));
-        assert_eq!(found[1].0, "train.lr");
-        assert!(differences(&a, &a, "").is_empty());
-    }
 }

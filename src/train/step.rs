@@ -136,8 +136,8 @@ impl<B: KernelAutodiffBackend> Step<'_, B> {
     /// starting adapters.
     ///
     /// # Errors
-    /// [`Error::Numerical`] naming the cause when the loss or the penalty is not finite; the
-    /// optimiser has not stepped then.
+    /// [`Error::Numerical`] naming the cause when the loss, the penalty or the gradient norm
+    /// is not finite; the optimiser has not stepped then.
     pub fn run<O: Optimizer<Llama<B>, B>>(
         &self,
         model: Llama<B>,
@@ -170,6 +170,10 @@ impl<B: KernelAutodiffBackend> Step<'_, B> {
         }
         let mut grads = accumulator.grads();
         let grad_norm = clip_global_norm::<B>(&mut grads, self.params, self.clip);
+        // A non-finite gradient would make the optimiser's moments non-finite for good.
+        if !grad_norm.is_finite() {
+            return Err(Error::Numerical(format!("gradient norm is {grad_norm}")));
+        }
         let offsets = self.decay.as_ref().map(|d| d.offsets(&model));
         let mut model = optim.step(self.lr, model, grads);
         if let (Some(decay), Some(offsets)) = (&self.decay, offsets) {

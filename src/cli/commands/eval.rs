@@ -9,7 +9,8 @@ use lalora::progress::Progress;
 use lalora::{LaLoRA, Tokenizer};
 use serde_json::{json, Value};
 
-use crate::cli::{DataArgs, ModelArgs, B};
+use crate::cli::ranges::{at_least_one, token_length};
+use crate::cli::{max_len, DataArgs, ModelArgs, B};
 
 /// Flags of `lalora eval`.
 #[derive(Args, Debug)]
@@ -25,14 +26,17 @@ pub struct EvalArgs {
     fields: DataArgs,
     /// Sequences per forward pass (generation: prompts decoded together). Padding does not
     /// change the numbers.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     batch_size: usize,
-    /// Keep at most this many tokens of each text (BOS included).
-    #[arg(long, default_value_t = 1024)]
-    max_len: usize,
-    /// Tokens generated at most per generation item.
-    #[arg(long, default_value_t = 64)]
-    max_new_tokens: usize,
+    /// Keep at most this many tokens of each text (BOS included); at most the model's context
+    /// (`max_position_embeddings`). Default: 1024, or the model's context if shorter.
+    #[arg(long, value_parser = token_length)]
+    max_len: Option<usize>,
+    /// Tokens generated at most per generation item; below --max-len, as prompt and answer
+    /// share it (the prompt keeps its last --max-len minus this many tokens). Default: 64, or
+    /// half the token limit if that is less.
+    #[arg(long, value_parser = at_least_one)]
+    max_new_tokens: Option<usize>,
     /// Print JSON instead of a table: for one file, that set's object (for text: `tokens`,
     /// `nll_per_token`, `perplexity`, `sequences`); for several, `{"sets": [...]}`.
     #[arg(long)]
@@ -53,18 +57,23 @@ fn set_json(score: &EvalScore) -> Value {
 
 /// Runs `lalora eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    anyhow::ensure!(args.max_len > 1, "--max-len must be at least 2 (one token predicts the next)");
     let device = lalora_backends::device();
     let model_dir = args.model.dir()?;
-    let tokenizer = Tokenizer::from_dir(&model_dir)?;
-    let chat = DataArgs::chat_template(&model_dir)?;
     let model =
         LaLoRA::<B>::load(&model_dir, args.model.adapters(), &device).with_context(|| format!("loading {}", model_dir.display()))?;
-    let options = EvalOptions { batch_size: args.batch_size, max_len: args.max_len, max_new_tokens: args.max_new_tokens };
+    let tokenizer = Tokenizer::for_model(&model_dir, model.model.config.vocab_size)?;
+    let chat = DataArgs::chat_template(&model_dir)?;
+    let max_len = max_len(args.max_len, 1024, &model.model.config, &model_dir)?;
+    let max_new_tokens = args.max_new_tokens.unwrap_or(64.min(max_len / 2));
+    anyhow::ensure!(
+        max_new_tokens < max_len,
+        "--max-new-tokens {max_new_tokens} must be below the token limit {max_len} (--max-len, at most the model's context): \
+         the prompt and the generated answer share it"
+    );
+    let options = EvalOptions { batch_size: args.batch_size, max_len, max_new_tokens };
     let mut scores = Vec::new();
     for path in &args.data {
-        let set = load_eval_set_with(path, &tokenizer, &args.fields.options(args.max_len, None, chat.as_ref()))?;
+        let set = load_eval_set_with(path, &tokenizer, &args.fields.options(max_len, None, chat.as_ref()))?;
         let progress = Progress::new(!args.json, set.len() as u64, &set.name);
         scores.push(evaluate(&model.model, &tokenizer, &set, &options, &progress)?);
         progress.finish();

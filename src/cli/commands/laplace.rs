@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use lalora::curvature::Estimator;
+use lalora::io::lock::DirLock;
 use lalora::io::write_json_atomic;
 use lalora::laplace::has_zero_b;
 use lalora::{AdapterSource, LaLoRA, LaplaceConfig, SourceData, Tokenizer};
 
-use crate::cli::{DataArgs, FisherKind, Flags, LoraArgs, ModelArgs, AB};
+use crate::cli::ranges::{at_least_one, non_negative, token_length};
+use crate::cli::{max_len, DataArgs, FisherKind, Flags, LoraArgs, ModelArgs, AB};
 
 /// Flags of `lalora laplace`.
 #[derive(Args, Debug)]
@@ -32,25 +34,27 @@ pub struct LaplaceArgs {
     #[arg(long, value_enum, default_value_t = FisherKind::Mc)]
     fisher: FisherKind,
     /// Monte-Carlo label draws per token (with --fisher mc).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     samples: usize,
     /// Batches taken from each data file (the paper uses two).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     batches: usize,
     /// Sequences per batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     batch_size: usize,
-    /// Keep at most this many tokens per sequence.
-    #[arg(long, default_value_t = 512)]
-    max_len: usize,
+    /// Keep at most this many tokens per sequence; at most the model's context. Default: 512,
+    /// or the model's context if shorter.
+    #[arg(long, value_parser = token_length)]
+    max_len: Option<usize>,
     /// delta in the prior precision F + delta I.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     prior_precision: f64,
     /// Seed of the data order, the adapter init and the label sampler.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output directory: curvature.safetensors, laplace.json, anchor/, and run.json (the
-    /// resolved flags).
+    /// Output directory: curvature.safetensors, laplace.json (with the other files' hashes),
+    /// anchor/, and run.json (the resolved flags). Written as one unit and locked meanwhile;
+    /// an existing prior there is replaced.
     #[arg(long)]
     out: PathBuf,
     /// Read flags from JSON or YAML files (keys are flag names); flags given here override
@@ -62,12 +66,11 @@ pub struct LaplaceArgs {
 /// Runs `lalora laplace`.
 pub fn run(args: LaplaceArgs, flags: &Flags) -> anyhow::Result<()> {
     let device = lalora_backends::device();
-    let config = LaplaceConfig::new()
+    let mut config = LaplaceConfig::new()
         .with_estimator(args.curvature)
         .with_fisher(args.fisher.fisher(args.samples))
         .with_batches_per_source(args.batches)
         .with_batch_size(args.batch_size)
-        .with_max_len(args.max_len)
         .with_prior_precision(args.prior_precision)
         .with_seed(args.seed);
     config.validate()?;
@@ -75,10 +78,13 @@ pub fn run(args: LaplaceArgs, flags: &Flags) -> anyhow::Result<()> {
         Some(dir) => AdapterSource::Peft(dir.clone()),
         None => AdapterSource::Fresh(args.lora.config(args.seed)),
     };
+    // Held for the whole fit: a second `laplace --out` on the same directory is refused.
+    let _lock = DirLock::prior_dir(&args.out)?;
     let model_dir = args.model.dir()?;
-    let tokenizer = Tokenizer::from_dir(&model_dir)?;
-    let chat = DataArgs::chat_template(&model_dir)?;
     let mut lalora = LaLoRA::<AB>::load(&model_dir, adapters, &device).with_context(|| format!("loading {}", model_dir.display()))?;
+    let tokenizer = Tokenizer::for_model(&model_dir, lalora.model.config.vocab_size)?;
+    let chat = DataArgs::chat_template(&model_dir)?;
+    config.max_len = max_len(args.max_len, 512, &lalora.model.config, &model_dir)?;
     if has_zero_b(&lalora.model) {
         eprintln!(
             "warning: some adapters have B = 0 (PEFT's init): h = 0 there, so the A entries of {} are zero and only B \
@@ -86,7 +92,7 @@ pub fn run(args: LaplaceArgs, flags: &Flags) -> anyhow::Result<()> {
             args.curvature.name()
         );
     }
-    let read = args.fields.options(args.max_len, None, chat.as_ref());
+    let read = args.fields.options(config.max_len, None, chat.as_ref());
     let sources = args.data.iter().map(|p| SourceData::read_with(p, &tokenizer, &read)).collect::<lalora::Result<Vec<_>>>()?;
     let report = lalora.fit_prior(&sources, &config, true)?;
     for note in &report.notes {

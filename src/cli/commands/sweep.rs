@@ -13,7 +13,8 @@ use lalora::sweep::{sweep_files, ResultRow, SweepConfig, SweepFiles, SweepMethod
 use lalora::train::Penalty;
 use lalora::LaplaceConfig;
 
-use crate::cli::{DataArgs, FisherKind, Flags, LoraArgs, OptimArgs, AB};
+use crate::cli::ranges::{at_least_one, non_negative, positive};
+use crate::cli::{max_len, DataArgs, FisherKind, Flags, LoraArgs, OptimArgs, AB};
 
 /// A method of a sweep.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,26 +50,26 @@ pub struct MethodArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "lora,l2,lalora-diag,lalora-kfac")]
     pub methods: Vec<MethodName>,
     /// Lambdas for the lalora methods. Example: `--lambda 1,10,100`.
-    #[arg(long = "lambda", value_delimiter = ',', default_value = "1,10,100")]
+    #[arg(long = "lambda", value_delimiter = ',', default_value = "1,10,100", value_parser = positive)]
     pub lambdas: Vec<f64>,
     /// Lambdas for the isotropic `l2` baseline (its penalty has another scale).
-    #[arg(long = "l2-lambda", value_delimiter = ',', default_value = "0.1,1,10")]
+    #[arg(long = "l2-lambda", value_delimiter = ',', default_value = "0.1,1,10", value_parser = positive)]
     pub l2_lambdas: Vec<f64>,
     /// Evaluations along the plain-LoRA run (its early-stopping frontier). Default: as many as
     /// the largest lambda grid, so every frontier has as many points.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub lora_eval_points: Option<usize>,
     /// Fisher labels for the priors.
     #[arg(long, value_enum, default_value_t = FisherKind::Mc)]
     pub fisher: FisherKind,
     /// Batches per source set for the priors (the paper uses two).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     pub laplace_batches: usize,
     /// Sequences per Laplace batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     pub laplace_batch_size: usize,
     /// delta in the prior precision F + delta I.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     pub prior_precision: f64,
 }
 
@@ -121,7 +122,8 @@ pub struct SweepArgs {
     #[arg(long, alias = "seed", value_delimiter = ',', default_value = "0")]
     seeds: Vec<u64>,
     /// Output directory: results.csv (every seed), points.csv (mean and s.e. per point),
-    /// results.json, pareto.svg/png, and run.json (the resolved flags).
+    /// results.json, pareto.svg/png, and run.json (the resolved flags). A setting that diverges
+    /// is kept in the results, marked `diverged`.
     #[arg(long)]
     out: PathBuf,
     /// Read flags from JSON or YAML files (keys are flag names); flags given here override
@@ -133,6 +135,10 @@ pub struct SweepArgs {
 /// Prints one row of the running table.
 fn print_row(r: &ResultRow) {
     let lambda = r.lambda.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+    if let Some(reason) = &r.diverged {
+        println!("{:<18} {:>5} {:>8} diverged: {reason}", r.method, r.seed, lambda);
+        return;
+    }
     println!("{:<18} {:>5} {:>8} {:>6} {:>8.3} {:>8.3}", r.method, r.seed, lambda, r.step, r.source_score, r.target_score);
 }
 
@@ -142,8 +148,11 @@ fn print_header() {
 
 /// Runs `lalora sweep`.
 pub fn run(args: SweepArgs, flags: &Flags) -> anyhow::Result<()> {
+    let model = resolve_model(&args.model)?;
+    let model_config = lalora::LlamaConfig::from_file(&model.join("config.json"))?;
+    let max_len = max_len(args.optim.max_len, 512, &model_config, &model)?;
     let files = SweepFiles {
-        model: resolve_model(&args.model)?,
+        model,
         train: args.train.clone(),
         laplace_data: args.laplace_data.clone(),
         source_eval: args.source_eval.clone(),
@@ -155,13 +164,13 @@ pub fn run(args: SweepArgs, flags: &Flags) -> anyhow::Result<()> {
     let config = SweepConfig {
         lora: args.lora.config(seed),
         methods: m.methods(),
-        train: args.optim.train_config(Penalty::None, seed, 0, 32, 48),
+        train: args.optim.train_config(Penalty::None, max_len, seed, 0, 32, 48),
         lora_eval_points: m.lora_eval_points,
         laplace: LaplaceConfig::new()
             .with_fisher(m.fisher.fisher(1))
             .with_batches_per_source(m.laplace_batches)
             .with_batch_size(m.laplace_batch_size)
-            .with_max_len(args.optim.max_len)
+            .with_max_len(max_len)
             .with_prior_precision(m.prior_precision)
             .with_seed(seed),
         seed,
@@ -225,10 +234,10 @@ pub struct DemoArgs {
     #[arg(long)]
     quick: bool,
     /// Optimiser steps of every run.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = at_least_one)]
     steps: usize,
     /// Peak learning rate (a model this small wants a large one).
-    #[arg(long, default_value_t = 5e-3)]
+    #[arg(long, default_value_t = 5e-3, value_parser = positive)]
     lr: f64,
     /// Adapter init: `offset` (A and B random, function unchanged) or `peft` (B = 0, where the
     /// prior constrains B only).
@@ -238,10 +247,10 @@ pub struct DemoArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "lora,l2,lalora-diag,lalora-kfac")]
     methods: Vec<MethodName>,
     /// Lambdas of the lalora methods.
-    #[arg(long = "lambda", value_delimiter = ',', default_value = "1,10")]
+    #[arg(long = "lambda", value_delimiter = ',', default_value = "1,10", value_parser = positive)]
     lambdas: Vec<f64>,
     /// Lambdas of the l2 baseline.
-    #[arg(long = "l2-lambda", value_delimiter = ',', default_value = "0.1,1")]
+    #[arg(long = "l2-lambda", value_delimiter = ',', default_value = "0.1,1", value_parser = positive)]
     l2_lambdas: Vec<f64>,
     /// Training seeds, comma-separated (adapter init, data order, dropout, Laplace batches,
     /// label sampling); several give mean +- standard error. The tasks do not change.

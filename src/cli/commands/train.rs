@@ -3,16 +3,20 @@
 
 use std::path::PathBuf;
 
+use std::collections::BTreeMap;
+
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use lalora::data::lm_sequences_with;
 use lalora::eval::load_eval_set_with;
+use lalora::io::hash::hash_file;
 use lalora::io::write_json_atomic;
 use lalora::posterior::{target_tokens, LambdaSetting};
-use lalora::train::{Penalty, TrainControl, TrainData};
+use lalora::train::{open_run_dir, Penalty, TrainControl, TrainData};
 use lalora::{AdapterSource, LaLoRA, Tokenizer};
 
-use crate::cli::{DataArgs, Flags, LoraArgs, ModelArgs, OptimArgs, AB};
+use crate::cli::ranges::at_least_one;
+use crate::cli::{max_len, DataArgs, Flags, LoraArgs, ModelArgs, OptimArgs, AB};
 
 /// How the adapters are regularised.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +27,25 @@ pub enum Method {
     L2,
     /// The Laplace penalty of the prior in `--laplace`.
     Lalora,
+}
+
+/// A setting `--resume --allow-change` may change.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changeable {
+    /// `--lr`, the peak learning rate (the rest of the schedule scales with it).
+    Lr,
+    /// `--lambda`, the penalty strength.
+    Lambda,
+}
+
+impl Changeable {
+    /// The setting's path in the run's `config.json`.
+    fn path(self) -> &'static str {
+        match self {
+            Changeable::Lr => "train.schedule.lr",
+            Changeable::Lambda => "train.penalty.lambda",
+        }
+    }
 }
 
 /// Flags of `lalora train`.
@@ -58,17 +81,26 @@ pub struct TrainArgs {
     /// Write a checkpoint every this many steps (0: only at the end).
     #[arg(long, default_value_t = 50)]
     checkpoint_every: usize,
-    /// Continue the run in --out from its last checkpoint (same settings required).
-    #[arg(long)]
+    /// Continue the run in --out from its last checkpoint (same settings and inputs required).
+    #[arg(long, conflicts_with = "force")]
     resume: bool,
-    /// Stop after this many steps in total (with a checkpoint), to continue later with --resume.
+    /// Start over in an --out that already holds a run, deleting that run's files.
     #[arg(long)]
+    force: bool,
+    /// With --resume: let this setting differ from the run's (`lr` or `lambda`, repeatable),
+    /// to continue a stopped run from its last good checkpoint with a new value.
+    #[arg(long, value_enum, requires = "resume")]
+    allow_change: Vec<Changeable>,
+    /// Stop after this many steps in total (with a checkpoint), to continue later with --resume.
+    #[arg(long, value_parser = at_least_one)]
     stop_after: Option<usize>,
     /// Seed of the adapter init, data order and dropout.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Run directory: adapter/, checkpoint/, config.json, log.jsonl, run.json (the resolved
-    /// flags: `--config RUN/run.json` repeats the run), eval.json.
+    /// Run directory: adapter/, checkpoint/, config.json (settings and input hashes, checked
+    /// by --resume), log.jsonl, run.json (the resolved flags: `--config RUN/run.json` repeats
+    /// the run), eval.json. Locked while the run writes it; a fresh run refuses a directory
+    /// that holds one (see --resume, --force).
     #[arg(long)]
     out: PathBuf,
     /// Read flags from JSON or YAML files (keys are flag names); flags given here override
@@ -85,20 +117,28 @@ pub fn run(args: TrainArgs, flags: &Flags) -> anyhow::Result<()> {
         "--lambda posterior needs --method lalora (the prior's source tokens define it)"
     );
     anyhow::ensure!(args.laplace.is_none() || args.method == Method::Lalora, "--laplace is only used by --method lalora");
+    anyhow::ensure!(
+        args.method != Method::Lora || args.lambda == LambdaSetting::Value(0.0),
+        "--lambda is only used by --method l2 or lalora"
+    );
+    // The directory is locked (and a fresh run refused in an existing one) before anything
+    // is loaded; the lock is held until the adapter and eval.json are written.
+    let _lock = open_run_dir(&args.out, args.resume, args.force)?;
     let adapters = match (&args.laplace, &args.model.adapter) {
         (Some(prior), _) => AdapterSource::Prior(prior.clone()),
         (None, Some(adapter)) => AdapterSource::Peft(adapter.clone()),
         (None, None) => AdapterSource::Fresh(args.lora.config(args.seed)),
     };
     let model_dir = args.model.dir()?;
-    let tokenizer = Tokenizer::from_dir(&model_dir)?;
-    let chat = DataArgs::chat_template(&model_dir)?;
     let lalora = LaLoRA::<AB>::load(&model_dir, adapters, &device).with_context(|| format!("loading {}", model_dir.display()))?;
+    let tokenizer = Tokenizer::for_model(&model_dir, lalora.model.config.vocab_size)?;
+    let chat = DataArgs::chat_template(&model_dir)?;
     if let Some(meta) = lalora.prior.as_ref().and_then(|p| p.meta.as_ref()) {
         eprintln!("prior: {} ({} Fisher) on {} tokens, delta {}", meta.curvature.name(), meta.fisher, meta.tokens, meta.prior_precision);
     }
+    let max_len = max_len(args.optim.max_len, 512, &lalora.model.config, &model_dir)?;
     let eos = lalora.model.config.eos_token_ids.first().copied();
-    let read = args.fields.options(args.optim.max_len, eos, chat.as_ref());
+    let read = args.fields.options(max_len, eos, chat.as_ref());
     let sequences = lm_sequences_with(&args.data, &tokenizer, &read)?;
     let lambda = match args.lambda {
         LambdaSetting::Value(v) => v,
@@ -116,13 +156,27 @@ pub fn run(args: TrainArgs, flags: &Flags) -> anyhow::Result<()> {
         Method::Lalora => Penalty::Laplace { lambda },
     };
     let eval_sets = args.eval.iter().map(|p| load_eval_set_with(p, &tokenizer, &read)).collect::<lalora::Result<Vec<_>>>()?;
-    let config = args.optim.train_config(penalty, args.seed, args.checkpoint_every, args.optim.batch_size, 64);
+    let config = args.optim.train_config(penalty, max_len, args.seed, args.checkpoint_every, args.optim.batch_size, 64);
     config.validate()?;
-    if !args.resume {
-        write_json_atomic(&args.out.join("run.json"), flags)?;
+    // The files the run reads, by content, so a resume with another file is refused.
+    let mut input_files = BTreeMap::from([("data".to_string(), hash_file(&args.data)?)]);
+    if let Some(prior) = &args.laplace {
+        input_files.insert("laplace".into(), hash_file(&prior.join("laplace.json"))?);
+    }
+    if let Some(adapter) = &args.model.adapter {
+        input_files.insert("adapter".into(), hash_file(&adapter.join("adapter_model.safetensors"))?);
     }
     let data = TrainData { sequences: &sequences, eval_sets: &eval_sets, tokenizer: &tokenizer };
-    let control = TrainControl { run_dir: Some(args.out.clone()), resume: args.resume, stop_after: args.stop_after, progress: true };
+    let control = TrainControl {
+        run_dir: Some(args.out.clone()),
+        resume: args.resume,
+        force: args.force,
+        allow_changes: args.allow_change.iter().map(|c| c.path().to_string()).collect(),
+        input_files,
+        run_files: vec![("run.json".into(), serde_json::Value::Object(flags.clone()))],
+        stop_after: args.stop_after,
+        progress: true,
+    };
     let (lalora, report) = lalora.train(&data, &config, &control)?;
     if !report.finished(&config) {
         println!("stopped after step {}; continue with --resume", report.steps_done);
@@ -136,12 +190,23 @@ pub fn run(args: TrainArgs, flags: &Flags) -> anyhow::Result<()> {
             println!("{:<28} {}", s.name, metrics.join(", "));
         }
     }
+    let adapter = args.out.join("adapter");
+    if report.tokens == 0 {
+        // Resumed at its last step: nothing was left to train.
+        println!(
+            "the run had already finished its {} steps (final nll {:.4}) -> {}",
+            config.schedule.steps,
+            report.last_loss,
+            adapter.display()
+        );
+        return Ok(());
+    }
     println!(
         "{} steps, final nll {:.4}, {:.0} training tokens/s -> {}",
         config.schedule.steps,
         report.last_loss,
         report.tokens as f64 / report.train_seconds.max(1e-9),
-        args.out.join("adapter").display()
+        adapter.display()
     );
     Ok(())
 }
