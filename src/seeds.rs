@@ -322,6 +322,7 @@ mod tests {
             target_score: target,
             scores: [("src".to_string(), source), ("tgt".to_string(), target)].into_iter().collect(),
             train_seconds: 1.0,
+            diverged: None,
         }
     }
 
