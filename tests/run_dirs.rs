@@ -612,7 +612,7 @@ fn a_sweep_keeps_the_settings_that_finish_when_one_diverges() {
     assert!(l2.iter().any(|l| l.starts_with("l2,0,1,") && l.contains(",false,")), "{csv}");
     assert!(l2.iter().any(|l| l.contains(",true,")), "the diverged setting is marked\n{csv}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    let rows = json["sweep"]["rows"].as_array().unwrap();
+    let rows = json["sweeps"][0]["rows"].as_array().unwrap();
     assert!(rows.iter().any(|r| r["diverged"].as_str().is_some_and(|d| d.contains("stopped"))), "{json}");
 }
 
