@@ -18,26 +18,12 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The gqa fixture plus the fixture tokenizer, and small data files.
+/// [`cli_workspace`] plus a small evaluation file of every kind.
 fn workspace(name: &str) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
-    let model = copy_fixture("llama/gqa", name);
-    std::fs::copy(fixture("tokenizer/tokenizer.json"), model.join("tokenizer.json")).unwrap();
-    let source = model.join("source.jsonl");
-    std::fs::write(&source, (0..12).map(|i| format!("{{\"text\": \"The quick brown fox number {i} jumps.\"}}\n")).collect::<String>())
-        .unwrap();
-    let target = model.join("target.jsonl");
-    std::fs::write(
-        &target,
-        (0..12).map(|i| format!("{{\"prompt\": \"Add {i} and 2.\", \"completion\": \" #### {}\"}}\n", i + 2)).collect::<String>(),
-    )
-    .unwrap();
+    let (model, source, target) = cli_workspace(name);
     let eval = model.join("eval.jsonl");
     std::fs::write(&eval, "{\"context\": \"The quick\", \"choices\": [\" brown\", \" red\"], \"label\": 0}\n{\"prompt\": \"Add 1 and 2.\", \"answer\": \"3\"}\n").unwrap();
     (model, source, target, eval)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
@@ -168,23 +154,8 @@ fn laplace_then_train_with_the_prior_then_eval() {
 fn train_resumes_and_refuses_nonsense() {
     let (model, _, target, _) = workspace("cli-resume");
     let run = model.join("run");
-    let args = [
-        "train",
-        "--model",
-        s(&model),
-        "--data",
-        s(&target),
-        "--steps",
-        "4",
-        "--batch-size",
-        "4",
-        "--rank",
-        "2",
-        "--alpha",
-        "4",
-        "--out",
-        s(&run),
-    ];
+    let args = small_train_args(&model, &target, &run);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let first = lalora(&[&args[..], &["--stop-after", "2"]].concat());
     assert!(first.status.success());
     assert!(String::from_utf8_lossy(&first.stdout).contains("--resume"));
