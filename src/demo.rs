@@ -43,6 +43,10 @@ pub struct DemoConfig {
     /// Seed of the invented world the tasks are drawn from. None: the model's pretraining seed
     /// (`pretrain.json`), the only world the bundled model knows; another value is refused.
     pub task_seed: Option<u64>,
+    /// Batches of 16 sequences per source skill for the priors (the paper's two by default).
+    pub laplace_batches: usize,
+    /// Monte-Carlo label draws per token for the priors.
+    pub laplace_samples: usize,
 }
 
 impl Default for DemoConfig {
@@ -64,6 +68,8 @@ impl Default for DemoConfig {
             l2_lambdas: vec![0.1, 1.0],
             seeds: vec![0],
             task_seed: None,
+            laplace_batches: 2,
+            laplace_samples: 1,
         }
     }
 }
@@ -71,7 +77,7 @@ impl Default for DemoConfig {
 impl DemoConfig {
     /// The sweep the demo runs (for its first seed; [`sweep_files`] reseeds it for each):
     /// rank 8 on all seven projections, batch 16 x 128 tokens, cosine schedule with 20 warmup
-    /// steps, priors on two batches of 16 per source skill, plain LoRA evaluated at as many
+    /// steps, priors on two batches of 16 per source skill (by default), plain LoRA evaluated at as many
     /// steps as there are lambdas.
     pub fn sweep(&self) -> SweepConfig {
         let seed = self.seeds.first().copied().unwrap_or(0);
@@ -103,8 +109,8 @@ impl DemoConfig {
             })
             .collect();
         let laplace = LaplaceConfig::new()
-            .with_fisher(FisherType::Mc { samples: 1 })
-            .with_batches_per_source(2)
+            .with_fisher(FisherType::Mc { samples: self.laplace_samples })
+            .with_batches_per_source(self.laplace_batches)
             .with_batch_size(16)
             .with_max_len(max_len)
             .with_prior_precision(0.0)

@@ -62,6 +62,9 @@ pub struct MethodArgs {
     /// Fisher labels for the priors.
     #[arg(long, value_enum, default_value_t = FisherKind::Mc)]
     pub fisher: FisherKind,
+    /// Monte-Carlo label draws per token for the priors (with --fisher mc).
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    pub laplace_samples: usize,
     /// Batches per source set for the priors (the paper uses two).
     #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     pub laplace_batches: usize,
@@ -167,7 +170,7 @@ pub fn run(args: SweepArgs, flags: &Flags) -> anyhow::Result<()> {
         train: args.optim.train_config(Penalty::None, max_len, seed, 0, 32, 48),
         lora_eval_points: m.lora_eval_points,
         laplace: LaplaceConfig::new()
-            .with_fisher(m.fisher.fisher(1))
+            .with_fisher(m.fisher.fisher(m.laplace_samples))
             .with_batches_per_source(m.laplace_batches)
             .with_batch_size(m.laplace_batch_size)
             .with_max_len(max_len)
@@ -260,6 +263,12 @@ pub struct DemoArgs {
     /// (`pretrain.json`); any other is refused, since the model knows only that world.
     #[arg(long)]
     task_seed: Option<u64>,
+    /// Batches of 16 sequences per source skill for the priors (the paper uses two).
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
+    laplace_batches: usize,
+    /// Monte-Carlo label draws per token for the priors.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    laplace_samples: usize,
 }
 
 /// Runs `lalora demo`: tasks, priors, sweep, table, plot and a reading of the plot.
@@ -276,6 +285,8 @@ pub fn run_demo_command(args: DemoArgs) -> anyhow::Result<()> {
         l2_lambdas: args.l2_lambdas,
         seeds: args.seeds,
         task_seed: args.task_seed,
+        laplace_batches: args.laplace_batches,
+        laplace_samples: args.laplace_samples,
     };
     anyhow::ensure!(!config.seeds.is_empty(), "--seeds needs at least one seed");
     let sweep = config.sweep();
