@@ -32,12 +32,12 @@ E[.] averages over the N_tok loss-carrying positions only:
 
 so that dL/dA = sum_t h x^T and dL/dB = s sum_t g z^T.
 
-Diagonal (empirical Fisher diagonal from per-sequence gradients): for each row i let
-L_i be that row's summed loss, grad_A_i = dL_i/dA = sum_{t in row i} h x^T  [r, d_in]
-and grad_B_i = dL_i/dB = s sum_{t in row i} g z^T  [d_out, r]. Then
+Diagonal (the exact diagonal of the matrix kfac factorises: each loss-carrying position
+is one observation, its share of the gradient dA_t = h x^T, dB_t = s g z^T squared
+entry-wise):
 
-    {m}.lora_A.diag = sum_i grad_A_i^2 / N_tok     (r, d_in)     (elementwise square)
-    {m}.lora_B.diag = sum_i grad_B_i^2 / N_tok     (d_out, r)
+    {m}.lora_A.diag = sum_t (h_t^2)(x_t^2)^T / N_tok      (r, d_in)
+    {m}.lora_B.diag = s^2 sum_t (g_t^2)(z_t^2)^T / N_tok  (d_out, r)
 
 Precision note: transformers' Llama upcasts to float32 internally, not to the input dtype
 (RMSNorm computes in float32, RoPE cos/sin are computed in float32 from a float32
@@ -241,8 +241,12 @@ def main() -> None:
         gA = torch.einsum("btr,bti->bri", h * mask, x)  # [B, r, d_in]
         gB = s * torch.einsum("bto,btr->bor", g * mask, z)  # [B, d_out, r]
         per_row[name] = (gA, gB)
-        tensors[f"{name}.lora_A.diag"] = (gA**2).sum(0) / n_tok
-        tensors[f"{name}.lora_B.diag"] = (gB**2).sum(0) / n_tok
+        # per-token diagonal: sum over loss positions of the squared per-position terms
+        tensors[f"{name}.lora_A.diag"] = torch.einsum("nr,ni->ri", hm**2, xm**2) / n_tok
+        tensors[f"{name}.lora_B.diag"] = (s * s) * torch.einsum("no,nr->or", gm**2, zm**2) / n_tok
+        # the same, from explicit per-position outer products
+        per_pos_B = s * torch.einsum("no,nr->nor", gm, zm)
+        assert torch.allclose((per_pos_B**2).sum(0) / n_tok, tensors[f"{name}.lora_B.diag"], rtol=1e-12, atol=1e-300)
 
         # totals vs autograd
         tA, tB = autograd_total[name]

@@ -24,6 +24,7 @@ pub mod laplace;
 pub mod llama;
 pub mod lora;
 pub mod loss;
+pub mod posterior;
 mod prior_check;
 pub mod progress;
 pub mod tokenizer;
@@ -41,6 +42,8 @@ pub mod plot;
 pub mod pretrain;
 #[cfg(feature = "cli")]
 pub mod run_config;
+#[cfg(feature = "cli")]
+pub mod seeds;
 #[cfg(feature = "cli")]
 pub mod sweep;
 #[cfg(feature = "cli")]

@@ -1,8 +1,8 @@
 //! The learning-forgetting (Pareto) plot: target score against retained source score.
 //!
 //! Each method (plain LoRA, LaLoRA, ...) is one coloured line through its points (one per
-//! regularisation strength or checkpoint), every point annotated with its label. The plot
-//! is written both as SVG and as PNG. Text in the PNG is rasterised with DejaVu Sans,
+//! regularisation strength or checkpoint), every point annotated with its label and, when it
+//! is a mean over seeds, crossed by error bars. The plot is written both as SVG and as PNG. Text in the PNG is rasterised with DejaVu Sans,
 //! embedded in the binary, so no system font or font library is needed.
 
 use std::fs;
@@ -37,6 +37,10 @@ pub struct ParetoPoint {
     pub source_score: f64,
     /// Learning, the x coordinate.
     pub target_score: f64,
+    /// Half-length of the vertical error bar (a standard error; 0: none).
+    pub source_err: f64,
+    /// Half-length of the horizontal error bar (0: none).
+    pub target_err: f64,
     /// Annotation next to the point, e.g. "lambda=10" or "step 200".
     pub label: String,
 }
@@ -109,8 +113,8 @@ impl Plot<'_> {
     fn draw_chart<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
         root.fill(&WHITE)?;
         let points = || self.series.iter().flat_map(finite_points);
-        let x_range = padded_range(points().map(|p| p.target_score));
-        let y_range = padded_range(points().map(|p| p.source_score));
+        let x_range = padded_range(points().flat_map(|p| [p.target_score - p.target_err, p.target_score + p.target_err]));
+        let y_range = padded_range(points().flat_map(|p| [p.source_score - p.source_err, p.source_score + p.source_err]));
 
         let mut chart = ChartBuilder::on(root)
             .caption(self.title, (FONT_FAMILY, 24))
@@ -135,6 +139,15 @@ impl Plot<'_> {
                 .draw_series(LineSeries::new(coordinates(), line))?
                 .label(series.method.as_str())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], line));
+            // +-1 s.e. in each direction, where the point is a mean over seeds.
+            let bars = finite_points(series).filter(|p| p.source_err > 0.0 || p.target_err > 0.0).flat_map(|p| {
+                let (x, y) = (p.target_score, p.source_score);
+                [
+                    PathElement::new(vec![(x - p.target_err, y), (x + p.target_err, y)], colour.stroke_width(1)),
+                    PathElement::new(vec![(x, y - p.source_err), (x, y + p.source_err)], colour.stroke_width(1)),
+                ]
+            });
+            chart.draw_series(bars)?;
             chart.draw_series(finite_points(series).map(|p| {
                 EmptyElement::at((p.target_score, p.source_score))
                     + Circle::new((0, 0), 5, colour.filled())
@@ -152,9 +165,9 @@ impl Plot<'_> {
     }
 }
 
-/// The points of `series` whose coordinates are both finite.
+/// The points of `series` whose coordinates (and error bars) are all finite.
 fn finite_points(series: &ParetoSeries) -> impl Iterator<Item = &ParetoPoint> {
-    series.points.iter().filter(|p| p.source_score.is_finite() && p.target_score.is_finite())
+    series.points.iter().filter(|p| [p.source_score, p.target_score, p.source_err, p.target_err].iter().all(|v| v.is_finite()))
 }
 
 /// The range of `values` widened by a tenth of its span on each side (so markers and
@@ -277,7 +290,13 @@ mod tests {
             points: scores
                 .iter()
                 .zip(labels)
-                .map(|(&(target_score, source_score), label)| ParetoPoint { source_score, target_score, label: label.into() })
+                .map(|(&(target_score, source_score), label)| ParetoPoint {
+                    source_score,
+                    target_score,
+                    source_err: 0.0,
+                    target_err: 0.0,
+                    label: label.into(),
+                })
                 .collect(),
         };
         vec![
@@ -316,14 +335,32 @@ mod tests {
         let odd = ParetoSeries {
             method: "odd <&>".into(),
             points: vec![
-                ParetoPoint { source_score: 0.5, target_score: 0.5, label: "same".into() },
-                ParetoPoint { source_score: f64::NAN, target_score: 0.1, label: "dropped".into() },
+                ParetoPoint { source_score: 0.5, target_score: 0.5, source_err: 0.0, target_err: 0.0, label: "same".into() },
+                ParetoPoint { source_score: f64::NAN, target_score: 0.1, source_err: 0.0, target_err: 0.0, label: "dropped".into() },
             ],
         };
         write_pareto(&[odd], "one point", "x", "y", &svg, &png).unwrap_or_else(|e| panic!("one point: {e}"));
         let svg_text = fs::read_to_string(&svg).unwrap_or_default();
         assert!(svg_text.contains("odd &lt;&amp;&gt;"));
         assert!(!svg_text.contains("dropped"));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn error_bars_are_two_segments_per_point() {
+        let dir = scratch("bars");
+        let (svg, png) = (dir.join("b.svg"), dir.join("b.png"));
+        let polylines = |series: &[ParetoSeries]| {
+            write_pareto(series, "bars", "x", "y", &svg, &png).unwrap_or_else(|e| panic!("bars: {e}"));
+            fs::read_to_string(&svg).unwrap_or_default().matches("<polyline").count()
+        };
+        let plain = sample();
+        let mut with_bars = sample();
+        for p in &mut with_bars[1].points {
+            p.source_err = 0.02;
+            p.target_err = 0.03;
+        }
+        assert_eq!(polylines(&with_bars), polylines(&plain) + 2 * with_bars[1].points.len());
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -139,7 +139,14 @@ pub fn pretrain<B: KernelAutodiffBackend>(
         let picked = shuffler.next_batch(options.batch_size);
         let refs: Vec<&Sequence> = picked.iter().map(|&i| &rows[i]).collect();
         let batch = Batch::new(&refs, &device);
-        let one = Step { lr: options.schedule.lr_at(step), clip: options.optimizer.clip, head_grad: true, penalty: None, params: &params };
+        let one = Step {
+            lr: options.schedule.lr_at(step),
+            clip: options.optimizer.clip,
+            head_grad: true,
+            penalty: None,
+            params: &params,
+            decay: None,
+        };
         let out;
         (model, out) = one
             .run(model, &mut optim, vec![batch])

@@ -3,10 +3,12 @@
 //! methods' Pareto frontiers.
 //!
 //! Plain LoRA's frontier comes from evaluating one run at several points of training (early
-//! stopping), so the Laplace methods are compared with the strongest cheap baseline.
+//! stopping), so the Laplace methods are compared with the strongest cheap baseline; by default
+//! it gets as many points as the largest lambda grid, so no frontier wins by having more.
+//! [`sweep_files`] repeats the whole sweep over several seeds ([`crate::seeds`]).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
@@ -17,13 +19,12 @@ use crate::curvature::Estimator;
 use crate::data::{lm_sequences_with, FieldMap, LmOptions, Sequence};
 use crate::error::Result;
 use crate::eval::{evaluate, load_eval_set_with, EvalScore, EvalSet};
-use crate::io::{write_atomic, write_json_atomic};
 use crate::lalora::{AdapterSource, LaLoRA};
 use crate::laplace::{fit, LaplaceConfig, LaplacePrior, SourceData};
 use crate::llama::Llama;
 use crate::lora::LoraConfig;
-use crate::plot::{write_pareto, ParetoPoint, ParetoSeries};
 use crate::progress::Progress;
+use crate::seeds::SeededSweep;
 use crate::tokenizer::Tokenizer;
 use crate::train::{EvalPoint, Penalty, TrainConfig, TrainControl, TrainData};
 use crate::KernelAutodiffBackend;
@@ -108,8 +109,9 @@ pub struct SweepConfig {
     pub methods: Vec<SweepMethod>,
     /// Training settings shared by every run (the penalty is set per run).
     pub train: TrainConfig,
-    /// Evaluations along the plain-LoRA run, for its early-stopping frontier.
-    pub lora_eval_points: usize,
+    /// Evaluations along the plain-LoRA run, for its early-stopping frontier (None: as many
+    /// as the largest lambda grid of the other methods).
+    pub lora_eval_points: Option<usize>,
     /// How the priors are fitted (the estimator is set per method).
     pub laplace: LaplaceConfig,
     /// Seed of the backend's generator (label sampling, dropout) at the start.
@@ -118,11 +120,34 @@ pub struct SweepConfig {
     pub progress: bool,
 }
 
+impl SweepConfig {
+    /// The same sweep with every seed set to `seed`: the adapters' init, the data order and
+    /// dropout, the Laplace batches and label sampling, and the backend's generator.
+    pub fn with_seed(&self, seed: u64) -> SweepConfig {
+        let mut config = self.clone();
+        config.lora.seed = seed;
+        config.train.data.seed = seed;
+        config.laplace.seed = seed;
+        config.seed = seed;
+        config
+    }
+
+    /// Evaluations along the plain-LoRA run: [`Self::lora_eval_points`], or the size of the
+    /// largest lambda grid (at least 1).
+    pub fn lora_points(&self) -> usize {
+        self.lora_eval_points
+            .unwrap_or_else(|| self.methods.iter().filter(|m| m.penalty != SweepPenalty::Lora).map(|m| m.lambdas.len()).max().unwrap_or(1))
+            .max(1)
+    }
+}
+
 /// One point of the learning-forgetting plane.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ResultRow {
     /// `lora`, `l2`, `lalora-diag`, ... (`base` for the starting point).
     pub method: String,
+    /// The seed of this sweep ([`SweepConfig::with_seed`]).
+    pub seed: u64,
     /// Penalty strength (None for plain LoRA and the base).
     pub lambda: Option<f64>,
     /// Optimiser steps done at this evaluation.
@@ -157,9 +182,10 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-fn row(method: &str, lambda: Option<f64>, step: usize, scores: &[EvalScore], n_source: usize, seconds: f64) -> ResultRow {
+fn row(method: &str, seed: u64, lambda: Option<f64>, step: usize, scores: &[EvalScore], n_source: usize, seconds: f64) -> ResultRow {
     ResultRow {
         method: method.to_string(),
+        seed,
         lambda,
         step,
         source_score: mean(scores[..n_source].iter().map(EvalScore::headline)),
@@ -171,9 +197,10 @@ fn row(method: &str, lambda: Option<f64>, step: usize, scores: &[EvalScore], n_s
 }
 
 /// The row of a run that stopped with a numerical error: kept, marked, and scored NaN.
-fn diverged_row(method: &str, lambda: Option<f64>, reason: String) -> ResultRow {
+fn diverged_row(method: &str, seed: u64, lambda: Option<f64>, reason: String) -> ResultRow {
     ResultRow {
         method: method.to_string(),
+        seed,
         lambda,
         step: 0,
         source_score: f64::NAN,
@@ -184,31 +211,74 @@ fn diverged_row(method: &str, lambda: Option<f64>, reason: String) -> ResultRow 
     }
 }
 
-/// Reads the files, seeds the backend, adds the starting adapters and runs the sweep.
+/// The data of a sweep, read and tokenised once for every seed.
+pub struct SweepInputs {
+    /// Tokenizer of the model.
+    pub tokenizer: Tokenizer,
+    /// Target training sequences.
+    pub train: Vec<Sequence>,
+    /// Source sets the priors are fitted on.
+    pub laplace_sources: Vec<SourceData>,
+    /// Held-out source sets.
+    pub source_evals: Vec<EvalSet>,
+    /// Held-out target sets.
+    pub target_evals: Vec<EvalSet>,
+}
+
+impl SweepInputs {
+    /// Reads and tokenises the files of `files` (`max_len` tokens per sequence, the model's
+    /// EOS after completions, its chat template for `messages` records).
+    /// The tokenizer's ids must fit the model's `vocab_size`.
+    pub fn read(files: &SweepFiles, max_len: usize, eos: Option<u32>, vocab_size: usize) -> Result<Self> {
+        let tokenizer = Tokenizer::for_model(&files.model, vocab_size)?;
+        let chat = ChatTemplate::from_model_dir(&files.model)?;
+        let read = LmOptions { max_len, eos, fields: files.fields.as_ref(), chat: chat.as_ref() };
+        let train = lm_sequences_with(&files.train, &tokenizer, &read)?;
+        let laplace_sources = files.laplace_data.iter().map(|p| SourceData::read_with(p, &tokenizer, &read)).collect::<Result<Vec<_>>>()?;
+        let load = |paths: &[PathBuf]| paths.iter().map(|p| load_eval_set_with(p, &tokenizer, &read)).collect::<Result<Vec<_>>>();
+        let (source_evals, target_evals) = (load(&files.source_eval)?, load(&files.target_eval)?);
+        Ok(SweepInputs { tokenizer, train, laplace_sources, source_evals, target_evals })
+    }
+
+    /// The borrowed view [`run_sweep`] takes.
+    pub fn data(&self) -> SweepData<'_> {
+        SweepData {
+            tokenizer: &self.tokenizer,
+            train: &self.train,
+            laplace_sources: &self.laplace_sources,
+            source_evals: &self.source_evals,
+            target_evals: &self.target_evals,
+        }
+    }
+}
+
+/// Reads the files once, then for every seed in `seeds`: seeds the backend, adds that seed's
+/// starting adapters and runs the sweep ([`SweepConfig::with_seed`]). `on_row` sees every
+/// point of every seed as it is scored.
+///
+/// # Errors
+/// An empty `seeds`, and every error of reading or training.
 pub fn sweep_files<B: KernelAutodiffBackend>(
     files: &SweepFiles,
     config: &SweepConfig,
+    seeds: &[u64],
     device: &B::Device,
-    on_row: impl FnMut(&ResultRow),
-) -> Result<SweepResult> {
-    B::seed(device, config.seed);
-    let start = LaLoRA::<B>::from_model(Llama::load(&files.model, device)?, AdapterSource::Fresh(config.lora.clone()))?;
-    let tokenizer = Tokenizer::for_model(&files.model, start.model.config.vocab_size)?;
-    let chat = ChatTemplate::from_model_dir(&files.model)?;
-    let eos = start.model.config.eos_token_ids.first().copied();
-    let read = LmOptions { max_len: config.train.data.max_len, eos, fields: files.fields.as_ref(), chat: chat.as_ref() };
-    let train = lm_sequences_with(&files.train, &tokenizer, &read)?;
-    let laplace_sources = files.laplace_data.iter().map(|p| SourceData::read_with(p, &tokenizer, &read)).collect::<Result<Vec<_>>>()?;
-    let load = |paths: &[PathBuf]| paths.iter().map(|p| load_eval_set_with(p, &tokenizer, &read)).collect::<Result<Vec<_>>>();
-    let (source_evals, target_evals) = (load(&files.source_eval)?, load(&files.target_eval)?);
-    let data = SweepData {
-        tokenizer: &tokenizer,
-        train: &train,
-        laplace_sources: &laplace_sources,
-        source_evals: &source_evals,
-        target_evals: &target_evals,
-    };
-    run_sweep(&start, &data, config, on_row)
+    mut on_row: impl FnMut(&ResultRow),
+) -> Result<SeededSweep> {
+    if seeds.is_empty() {
+        return Err(crate::Error::arg("seeds", "needs at least one seed"));
+    }
+    let base = Llama::<B>::load(&files.model, device)?;
+    let eos = base.config.eos_token_ids.first().copied();
+    let inputs = SweepInputs::read(files, config.train.data.max_len, eos, base.config.vocab_size)?;
+    let mut runs = Vec::with_capacity(seeds.len());
+    for &seed in seeds {
+        let config = config.with_seed(seed);
+        B::seed(device, seed);
+        let start = LaLoRA::<B>::from_model(base.clone(), AdapterSource::Fresh(config.lora.clone()))?;
+        runs.push(run_sweep(&start, &inputs.data(), &config, &mut on_row)?);
+    }
+    Ok(SeededSweep { seeds: seeds.to_vec(), runs })
 }
 
 /// Runs the sweep from `start` (with its starting adapters, which are every prior's anchor).
@@ -235,7 +305,8 @@ pub fn run_sweep<B: KernelAutodiffBackend>(
     };
     let mut stages: Vec<(String, f64)> = Vec::new();
     let clock = Instant::now();
-    let mut rows = vec![row("base", None, 0, &score_all(&start.model)?, n_source, 0.0)];
+    let seed = config.seed;
+    let mut rows = vec![row("base", seed, None, 0, &score_all(&start.model)?, n_source, 0.0)];
     stages.push(("evaluate the starting model".into(), clock.elapsed().as_secs_f64()));
     on_row(&rows[0]);
 
@@ -262,20 +333,20 @@ pub fn run_sweep<B: KernelAutodiffBackend>(
             |prior: Option<&LaplacePrior<B>>| LaLoRA { model: start.model.clone(), lora: start.lora.clone(), prior: prior.cloned() };
         if method.penalty == SweepPenalty::Lora {
             let clock = Instant::now();
-            let every = (config.train.schedule.steps / config.lora_eval_points.max(1)).max(1);
+            let every = (config.train.schedule.steps / config.lora_points()).max(1);
             let mut train = config.train.clone().with_penalty(Penalty::None);
             train.eval.every = every;
             let report = match from_start(None).train(&train_data, &train, &control) {
                 Ok((_, report)) => report,
                 Err(crate::Error::Numerical(reason)) => {
-                    rows.push(diverged_row(&label, None, reason));
+                    rows.push(diverged_row(&label, seed, None, reason));
                     on_row(rows.last().expect("just pushed"));
                     continue;
                 }
                 Err(e) => return Err(e),
             };
             for EvalPoint { step, scores } in &report.evals {
-                rows.push(row(&label, None, *step, scores, n_source, report.train_seconds));
+                rows.push(row(&label, seed, None, *step, scores, n_source, report.train_seconds));
                 on_row(rows.last().expect("just pushed"));
             }
             stages.push((format!("{label} ({} evaluations)", report.evals.len()), clock.elapsed().as_secs_f64()));
@@ -292,10 +363,10 @@ pub fn run_sweep<B: KernelAutodiffBackend>(
             match from_start(prior).train(&train_data, &train, &control) {
                 Ok((_, report)) => {
                     let last = report.evals.last().expect("training evaluates at the end");
-                    rows.push(row(&label, Some(lambda), last.step, &last.scores, n_source, report.train_seconds));
+                    rows.push(row(&label, seed, Some(lambda), last.step, &last.scores, n_source, report.train_seconds));
                 }
                 // A setting that diverges is recorded; the others still run.
-                Err(crate::Error::Numerical(reason)) => rows.push(diverged_row(&label, Some(lambda), reason)),
+                Err(crate::Error::Numerical(reason)) => rows.push(diverged_row(&label, seed, Some(lambda), reason)),
                 Err(e) => return Err(e),
             }
             on_row(rows.last().expect("just pushed"));
@@ -371,58 +442,6 @@ impl SweepResult {
             })
             .collect()
     }
-
-    /// Writes `results.csv`, `results.json`, `pareto.svg` and `pareto.png` to `dir`.
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        let set_names: Vec<String> = self.rows.first().map(|r| r.scores.keys().cloned().collect()).unwrap_or_default();
-        let mut csv = format!("method,lambda,step,source_score,target_score,train_seconds,diverged,{}\n", set_names.join(","));
-        for r in &self.rows {
-            // The reason goes to results.json; the CSV only flags the row.
-            let diverged = if r.diverged.is_some() { "true" } else { "false" };
-            let lambda = r.lambda.map(|l| l.to_string()).unwrap_or_default();
-            let sets: Vec<String> = set_names.iter().map(|n| format!("{:.6}", r.scores.get(n).copied().unwrap_or(f64::NAN))).collect();
-            csv += &format!(
-                "{},{lambda},{},{:.6},{:.6},{:.2},{diverged},{}\n",
-                r.method,
-                r.step,
-                r.source_score,
-                r.target_score,
-                r.train_seconds,
-                sets.join(",")
-            );
-        }
-        write_atomic(&dir.join("results.csv"), csv.as_bytes())?;
-        write_json_atomic(&dir.join("results.json"), &serde_json::json!({ "sweep": self, "summary": self.summary() }))?;
-        let series: Vec<ParetoSeries> = self
-            .methods()
-            .into_iter()
-            .map(|m| ParetoSeries {
-                points: self
-                    .method_rows(&m)
-                    .iter()
-                    .map(|r| ParetoPoint {
-                        source_score: r.source_score,
-                        target_score: r.target_score,
-                        label: match (r.method.as_str(), r.lambda) {
-                            ("base", _) => "start".to_string(),
-                            (_, Some(l)) => format!("lambda={l}"),
-                            _ => format!("step {}", r.step),
-                        },
-                    })
-                    .collect(),
-                method: m,
-            })
-            .collect();
-        write_pareto(
-            &series,
-            "Learning vs forgetting",
-            "target score (learning)",
-            "source score (retained)",
-            &dir.join("pareto.svg"),
-            &dir.join("pareto.png"),
-        )
-        .map_err(|e| crate::Error::io(dir.join("pareto.png"), e))
-    }
 }
 
 /// A method's headline figures.
@@ -453,6 +472,7 @@ mod tests {
     fn a_methods_line_runs_from_the_start_through_decreasing_lambda() {
         let at = |method: &str, lambda: Option<f64>, step: usize| ResultRow {
             method: method.into(),
+            seed: 0,
             lambda,
             step,
             source_score: 0.0,

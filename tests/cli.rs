@@ -18,26 +18,12 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The gqa fixture plus the fixture tokenizer, and small data files.
+/// [`cli_workspace`] plus a small evaluation file of every kind.
 fn workspace(name: &str) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
-    let model = copy_fixture("llama/gqa", name);
-    std::fs::copy(fixture("tokenizer/tokenizer.json"), model.join("tokenizer.json")).unwrap();
-    let source = model.join("source.jsonl");
-    std::fs::write(&source, (0..12).map(|i| format!("{{\"text\": \"The quick brown fox number {i} jumps.\"}}\n")).collect::<String>())
-        .unwrap();
-    let target = model.join("target.jsonl");
-    std::fs::write(
-        &target,
-        (0..12).map(|i| format!("{{\"prompt\": \"Add {i} and 2.\", \"completion\": \" #### {}\"}}\n", i + 2)).collect::<String>(),
-    )
-    .unwrap();
+    let (model, source, target) = cli_workspace(name);
     let eval = model.join("eval.jsonl");
     std::fs::write(&eval, "{\"context\": \"The quick\", \"choices\": [\" brown\", \" red\"], \"label\": 0}\n{\"prompt\": \"Add 1 and 2.\", \"answer\": \"3\"}\n").unwrap();
     (model, source, target, eval)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
@@ -123,6 +109,41 @@ fn laplace_then_train_with_the_prior_then_eval() {
     assert!(steps[1..].iter().any(|v| v["penalty"].as_f64().unwrap() > 0.0), "the adapters left the anchor");
     assert_eq!(log.lines().filter(|l| l.contains("\"eval\"")).count(), 2);
 
+    // --lambda posterior resolves to N_src / N_tgt and prints both counts.
+    let out = lalora(&[
+        "train",
+        "--model",
+        s(&model),
+        "--data",
+        s(&target),
+        "--method",
+        "lalora",
+        "--laplace",
+        s(&prior),
+        "--lambda",
+        "posterior",
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--out",
+        s(&model.join("run-posterior")),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let line = stderr.lines().find(|l| l.starts_with("lambda posterior")).unwrap_or_else(|| panic!("no lambda line in {stderr}"));
+    let source_tokens = meta["tokens"].as_u64().unwrap();
+    assert!(line.contains(&format!("= {source_tokens} source tokens / ")), "{line}");
+    let target_tokens: f64 = line.split(" / ").nth(2).unwrap().split(' ').next().unwrap().parse().unwrap();
+    // 12 records of "Add i and 2." + " #### i+2" (plus EOS): a few completion tokens each.
+    assert!((12.0..=12.0 * 12.0).contains(&target_tokens), "{line}");
+    let lambda: f64 = line.rsplit("= ").next().unwrap().parse().unwrap();
+    assert!((lambda - source_tokens as f64 / target_tokens).abs() < 1e-5, "{line}");
+    let refused =
+        lalora(&["train", "--model", s(&model), "--data", s(&target), "--method", "l2", "--lambda", "posterior", "--out", s(&run)]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--lambda posterior needs --method lalora"));
+
     // The trained adapter loads for evaluation.
     let out = ok(&["eval", "--model", s(&model), "--adapter", s(&run.join("adapter")), "--data", s(&text_eval), "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -133,23 +154,8 @@ fn laplace_then_train_with_the_prior_then_eval() {
 fn train_resumes_and_refuses_nonsense() {
     let (model, _, target, _) = workspace("cli-resume");
     let run = model.join("run");
-    let args = [
-        "train",
-        "--model",
-        s(&model),
-        "--data",
-        s(&target),
-        "--steps",
-        "4",
-        "--batch-size",
-        "4",
-        "--rank",
-        "2",
-        "--alpha",
-        "4",
-        "--out",
-        s(&run),
-    ];
+    let args = small_train_args(&model, &target, &run);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let first = lalora(&[&args[..], &["--stop-after", "2"]].concat());
     assert!(first.status.success());
     assert!(String::from_utf8_lossy(&first.stdout).contains("--resume"));
@@ -161,6 +167,7 @@ fn train_resumes_and_refuses_nonsense() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("lr"));
     // A fresh directory: `run` already holds a run, which a fresh `train` refuses first.
     let bad = lalora(&["train", "--model", s(&model), "--data", s(&target), "--method", "l2", "--out", s(&model.join("run-l2"))]);
+    assert!(!bad.status.success(), "l2 without --lambda must be refused");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--lambda"));
 }
 

@@ -207,6 +207,12 @@ fn check_attention<B: KernelBackend>(backend: &str, case: &Case, device: &B::Dev
     let what = |part: &str| format!("{backend} {}: {part}", case.name);
     // The case means something: some row sees a key, and outputs are not all zero.
     assert!(out_ref.iter().any(|&v| v.abs() > 1e-2), "{}", what("degenerate case"));
+    // On burn-ndarray the composed attention and this reference differ by up to 4e-5 in the
+    // output and 1.5e-4 in dq (padding case), while flex runs the same code within 1e-5. The
+    // reference's `powf` is approximate on ndarray (in the model it moves the logits 1.3e-4 off
+    // transformers'), so ndarray gets 1e-3, which still catches masking and indexing mistakes
+    // (errors of order 1e-1); every other backend is held to ATOL.
+    let tol = if backend == "ndarray" { 1e-3 } else { ATOL };
 
     let mask = case.mask();
     let q = tensor::<Autodiff<B>, 4>(x.q.clone(), [b, s, h, d], device).require_grad();
@@ -216,15 +222,15 @@ fn check_attention<B: KernelBackend>(backend: &str, case: &Case, device: &B::Dev
     let grads = (out.clone() * tensor::<Autodiff<B>, 4>(x.w.clone(), [b, s, h, d], device)).sum().backward();
     let out = to_vec(out.inner());
     assert_rows_zero(&what("training output"), &out, &x.nonempty);
-    common::assert_close_report(&what("training output"), &mask_rows(out, &x.nonempty), &out_ref, ATOL);
-    common::assert_close_report(&what("dq"), &to_vec(q.grad(&grads).unwrap()), &dq_ref, ATOL);
-    common::assert_close_report(&what("dk"), &to_vec(k.grad(&grads).unwrap()), &dk_ref, ATOL);
-    common::assert_close_report(&what("dv"), &to_vec(v.grad(&grads).unwrap()), &dv_ref, ATOL);
+    common::assert_close_report(&what("training output"), &mask_rows(out, &x.nonempty), &out_ref, tol);
+    common::assert_close_report(&what("dq"), &to_vec(q.grad(&grads).unwrap()), &dq_ref, tol);
+    common::assert_close_report(&what("dk"), &to_vec(k.grad(&grads).unwrap()), &dk_ref, tol);
+    common::assert_close_report(&what("dv"), &to_vec(v.grad(&grads).unwrap()), &dv_ref, tol);
 
     let out = B::causal_attention(q.inner(), k.inner(), v.inner(), &mask, scale);
     let out = to_vec(out);
     assert_rows_zero(&what("inference output"), &out, &x.nonempty);
-    common::assert_close_report(&what("inference output"), &mask_rows(out, &x.nonempty), &out_ref, ATOL);
+    common::assert_close_report(&what("inference output"), &mask_rows(out, &x.nonempty), &out_ref, tol);
 }
 
 /// The composed implementation's forward and backward called directly (on a backend that

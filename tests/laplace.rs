@@ -118,8 +118,10 @@ fn penalty_equals_the_explicit_quadratic_form_of_the_materialised_matrix() {
         let theirs = explicit_quadratic(&prior, &moved);
         assert!(theirs > 0.0);
         assert!(((ours as f64) - theirs).abs() <= 1e-4 * theirs, "{}: {ours} vs {theirs}", estimator.name());
-        let at_anchor: f32 = prior.quadratic(&model).into_scalar();
-        assert!(at_anchor.abs() < 1e-10, "zero at the anchor, got {at_anchor}");
+        // A quadratic form: twice the displacement gives four times the value (a linear term,
+        // a constant or |d| instead of d^2 would not).
+        let twice: f32 = prior.quadratic(&perturbed(&model, 0.1)).into_scalar();
+        assert!(((twice as f64) - 4.0 * theirs).abs() <= 1e-4 * theirs, "{}: {twice} vs 4 x {theirs}", estimator.name());
     }
 }
 
@@ -149,12 +151,16 @@ fn penalty_gradient_matches_finite_differences() {
         let (model, _, prior) = fitted(estimator, 0.1);
         let moved = perturbed(&model, 0.05);
         // Both routes: autodiff through the quadratic form, and the training surrogate built
-        // from the curvature-vector product (scale 1/2 makes its gradient F delta, halved).
+        // from the curvature-vector product. `penalty(model, scale)` is `scale * quadratic`, so
+        // scale 1 has the quadratic's gradient `2 (F + delta I) d` (training passes lambda/2,
+        // giving `lambda (F + delta I) d`; tests/objective.rs pins that end to end).
         let through_quadratic = prior.quadratic(&moved).backward();
         let term = prior.penalty(&moved, 1.0);
         let value: f32 = term.value.into_scalar();
         let direct: f32 = prior.quadratic(&moved).into_scalar();
         assert!((value - direct).abs() <= 1e-5 * direct.abs(), "{}: penalty value {value} vs quadratic {direct}", estimator.name());
+        let half: f32 = prior.penalty(&moved, 0.5).value.into_scalar();
+        assert!((half - 0.5 * direct).abs() <= 1e-5 * direct.abs(), "{}: scale 0.5 gives {half}, quadratic {direct}", estimator.name());
         let through_product = term.surrogate.backward();
         let adapter = &moved.adapters()[4];
         for b in [false, true] {

@@ -44,47 +44,6 @@ fn fails<S: AsRef<str>>(args: &[S], expected: &[&str]) -> String {
     err
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// The gqa fixture with the fixture tokenizer, a source and a target data file.
-fn workspace(name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let model = copy_fixture("llama/gqa", name);
-    std::fs::copy(fixture("tokenizer/tokenizer.json"), model.join("tokenizer.json")).unwrap();
-    let source = model.join("source.jsonl");
-    std::fs::write(&source, (0..12).map(|i| format!("{{\"text\": \"The quick brown fox number {i} jumps.\"}}\n")).collect::<String>())
-        .unwrap();
-    let target = model.join("target.jsonl");
-    std::fs::write(
-        &target,
-        (0..12).map(|i| format!("{{\"prompt\": \"Add {i} and 2.\", \"completion\": \" #### {}\"}}\n", i + 2)).collect::<String>(),
-    )
-    .unwrap();
-    (model, source, target)
-}
-
-fn train_args(model: &Path, data: &Path, run: &Path) -> Vec<String> {
-    let args = [
-        "train",
-        "--model",
-        s(model),
-        "--data",
-        s(data),
-        "--steps",
-        "4",
-        "--batch-size",
-        "4",
-        "--rank",
-        "2",
-        "--alpha",
-        "4",
-        "--out",
-        s(run),
-    ];
-    args.iter().map(|a| a.to_string()).collect()
-}
-
 /// `base` with the flags of `more`: a flag `base` already has gets the new value (clap
 /// refuses a repeated flag, which would hide the check under test), others are appended.
 fn with<S: AsRef<str>>(base: &[S], more: &[&str]) -> Vec<String> {
@@ -130,7 +89,7 @@ fn fit_prior(model: &Path, source: &Path, out: &Path, seed: &str) {
 // Item 1: a tokenizer with ids the model has no embedding for.
 #[test]
 fn a_tokenizer_id_past_the_vocabulary_is_refused_by_every_command() {
-    let (model, source, target) = workspace("rd-tokenizer");
+    let (model, source, target) = cli_workspace("rd-tokenizer");
     let mut tokenizer: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("tokenizer.json")).unwrap()).unwrap();
     // An added token with id 300 = vocab_size, as many real tokenizers have.
     tokenizer["added_tokens"].as_array_mut().unwrap().push(serde_json::json!({
@@ -141,7 +100,7 @@ fn a_tokenizer_id_past_the_vocabulary_is_refused_by_every_command() {
     let expected = ["tokenizer.json", "<|extra|>", "id 300", "vocab_size (config.json) is 300"];
     fails(&["eval", "--model", s(&model), "--data", s(&source)], &expected);
     fails(&["generate", "--model", s(&model), "--prompt", "The <|extra|>"], &expected);
-    fails(&with(&train_args(&model, &source, &model.join("run")), &[]), &expected);
+    fails(&with(&small_train_args(&model, &source, &model.join("run")), &[]), &expected);
     fails(&["laplace", "--model", s(&model), "--data", s(&source), "--out", s(&model.join("prior"))], &expected);
     let out = model.join("sweep");
     let (src, tgt) = (s(&source), s(&target));
@@ -168,11 +127,11 @@ fn a_tokenizer_id_past_the_vocabulary_is_refused_by_every_command() {
 // Item 2: --max-len above the model's context, and generation lengths.
 #[test]
 fn lengths_past_the_models_context_are_refused() {
-    let (model, source, target) = workspace("rd-max-len");
+    let (model, source, target) = cli_workspace("rd-max-len");
     // The gqa fixture's context is 64 tokens.
     let expected = ["--max-len", "100000", "max_position_embeddings is 64"];
     fails(&["eval", "--model", s(&model), "--data", s(&source), "--max-len", "100000"], &expected);
-    fails(&with(&train_args(&model, &target, &model.join("run")), &["--max-len", "100000"]), &expected);
+    fails(&with(&small_train_args(&model, &target, &model.join("run")), &["--max-len", "100000"]), &expected);
     fails(&["laplace", "--model", s(&model), "--data", s(&source), "--max-len", "100000", "--out", s(&model.join("p"))], &expected);
     fails(&["eval", "--model", s(&model), "--data", s(&source), "--max-len", "1"], &["--max-len", "at least 2"]);
     // Without --max-len the default is cut to the context, and eval runs.
@@ -191,13 +150,13 @@ fn lengths_past_the_models_context_are_refused() {
 // Item 3: a resume with other settings or inputs is refused, naming the item, and writes nothing.
 #[test]
 fn a_resume_with_other_settings_or_inputs_is_refused_naming_them() {
-    let (model, source, target) = workspace("rd-fingerprint");
+    let (model, source, target) = cli_workspace("rd-fingerprint");
     let prior = model.join("prior");
     fit_prior(&model, &source, &prior, "0");
     let other_prior = model.join("prior-other");
     fit_prior(&model, &source, &other_prior, "1");
     let run = model.join("run");
-    let base = with(&train_args(&model, &target, &run), &["--method", "lalora", "--laplace", s(&prior), "--lambda", "1"]);
+    let base = with(&small_train_args(&model, &target, &run), &["--method", "lalora", "--laplace", s(&prior), "--lambda", "1"]);
     ok(&with(&base, &["--stop-after", "2"]));
     let run_json = std::fs::read(run.join("run.json")).unwrap();
     let log = std::fs::read(run.join("log.jsonl")).unwrap();
@@ -210,14 +169,14 @@ fn a_resume_with_other_settings_or_inputs_is_refused_naming_them() {
         (with(&base, &["--seed", "5"]), &["train.data.seed"]),
         (with(&base, &["--lr", "1e-3"]), &["train.schedule.lr"]),
         (
-            with(&train_args(&model, &other_data, &run), &["--method", "lalora", "--laplace", s(&prior), "--lambda", "1"]),
+            with(&small_train_args(&model, &other_data, &run), &["--method", "lalora", "--laplace", s(&prior), "--lambda", "1"]),
             &["inputs.train_data", "inputs.files.data"],
         ),
         (
-            with(&train_args(&model, &target, &run), &["--method", "lalora", "--laplace", s(&other_prior), "--lambda", "1"]),
+            with(&small_train_args(&model, &target, &run), &["--method", "lalora", "--laplace", s(&other_prior), "--lambda", "1"]),
             &["inputs.prior", "inputs.files.laplace"],
         ),
-        (with(&train_args(&model, &target, &run), &["--method", "l2", "--lambda", "1"]), &["train.penalty.kind"]),
+        (with(&small_train_args(&model, &target, &run), &["--method", "l2", "--lambda", "1"]), &["train.penalty.kind"]),
     ];
     for (args, expected) in cases {
         let err = fails(&with(&args, &["--resume"]), expected);
@@ -229,7 +188,7 @@ fn a_resume_with_other_settings_or_inputs_is_refused_naming_them() {
 
     // Fresh adapters: rank, alpha, targets, init, dropout, and a model of the same shape.
     let run = model.join("run-fresh");
-    let base = train_args(&model, &target, &run);
+    let base = small_train_args(&model, &target, &run);
     ok(&with(&base, &["--stop-after", "2"]));
     let same_shape = temp_dir("rd-fingerprint-model");
     let config = lalora::LlamaConfig::from_file(&model.join("config.json")).unwrap();
@@ -255,9 +214,9 @@ fn a_resume_with_other_settings_or_inputs_is_refused_naming_them() {
 // Item 4: a fresh run into an existing run directory.
 #[test]
 fn a_fresh_run_into_an_existing_run_is_refused_unless_forced() {
-    let (model, _, target) = workspace("rd-existing");
+    let (model, _, target) = cli_workspace("rd-existing");
     let run = model.join("run");
-    let base = train_args(&model, &target, &run);
+    let base = small_train_args(&model, &target, &run);
     ok(&base);
     let adapter = std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap();
     let log = std::fs::read(run.join("log.jsonl")).unwrap();
@@ -274,16 +233,16 @@ fn a_fresh_run_into_an_existing_run_is_refused_unless_forced() {
 // Item 5: a second process on a directory being written.
 #[test]
 fn a_second_writer_is_refused_naming_the_holder() {
-    let (model, source, target) = workspace("rd-lock");
+    let (model, source, target) = cli_workspace("rd-lock");
     let run = model.join("run");
     // This test process holds the lock, as a running `lalora train` would.
     let held = DirLock::run_dir(&run).unwrap();
     let pid = std::process::id().to_string();
-    fails(&train_args(&model, &target, &run), &[s(&run), "in use", &format!("pid {pid}")]);
-    fails(&with(&train_args(&model, &target, &run), &["--resume"]), &["in use", &pid]);
+    fails(&small_train_args(&model, &target, &run), &[s(&run), "in use", &format!("pid {pid}")]);
+    fails(&with(&small_train_args(&model, &target, &run), &["--resume"]), &["in use", &pid]);
     assert!(!run.join("config.json").exists() && !run.join("run.json").exists(), "the refused run wrote nothing");
     drop(held);
-    ok(&train_args(&model, &target, &run));
+    ok(&small_train_args(&model, &target, &run));
 
     let prior = model.join("prior");
     let held = DirLock::prior_dir(&prior).unwrap();
@@ -296,12 +255,13 @@ fn a_second_writer_is_refused_naming_the_holder() {
 // Item 6: only usable checkpoints are kept, and the advice after a stop can be followed.
 #[test]
 fn a_diverging_run_keeps_a_usable_checkpoint_and_can_continue_with_a_lower_lr() {
-    let (model, _, target) = workspace("rd-nan");
+    let (model, _, target) = cli_workspace("rd-nan");
     let text_eval = model.join("text.jsonl");
     std::fs::write(&text_eval, "{\"text\": \"The quick brown fox.\"}\n").unwrap();
     for lr in ["1e4", "1e30"] {
         let run = model.join(format!("run-{lr}"));
-        let base = with(&train_args(&model, &target, &run), &["--steps", "8", "--checkpoint-every", "1", "--clip", "0", "--warmup", "0"]);
+        let base =
+            with(&small_train_args(&model, &target, &run), &["--steps", "8", "--checkpoint-every", "1", "--clip", "0", "--warmup", "0"]);
         let err = fails(&with(&base, &["--lr", lr]), &["stopped", "--resume --allow-change lr", "--force"]);
         // Whatever checkpoint was kept evaluates to a finite loss.
         if run.join("checkpoint/adapter").exists() {
@@ -323,7 +283,7 @@ fn a_diverging_run_keeps_a_usable_checkpoint_and_can_continue_with_a_lower_lr() 
 // Item 7: a prior is one unit, and its files are checked against the hashes laplace.json records.
 #[test]
 fn a_prior_mixing_files_of_two_fits_is_refused() {
-    let (model, source, target) = workspace("rd-prior-hashes");
+    let (model, source, target) = cli_workspace("rd-prior-hashes");
     let (a, b) = (model.join("prior-a"), model.join("prior-b"));
     fit_prior(&model, &source, &a, "0");
     fit_prior(&model, &source, &b, "1");
@@ -331,7 +291,7 @@ fn a_prior_mixing_files_of_two_fits_is_refused() {
     assert!(meta["files"]["curvature.safetensors"].as_str().unwrap().starts_with("xxh3:"), "{meta}");
     assert!(meta["files"]["anchor/adapter_model.safetensors"].is_string(), "{meta}");
     let train = |prior: &Path, run: &str| {
-        with(&train_args(&model, &target, &model.join(run)), &["--method", "lalora", "--laplace", s(prior), "--lambda", "1"])
+        with(&small_train_args(&model, &target, &model.join(run)), &["--method", "lalora", "--laplace", s(prior), "--lambda", "1"])
     };
     // Curvature of fit b beside the record and anchor of fit a: same shapes, other numbers.
     std::fs::copy(b.join("curvature.safetensors"), a.join("curvature.safetensors")).unwrap();
@@ -355,7 +315,7 @@ fn a_prior_mixing_files_of_two_fits_is_refused() {
 #[test]
 fn a_failed_prior_write_leaves_the_previous_prior_whole() {
     use lalora::{AdapterSource, LaLoRA, LaplaceConfig, LoraConfig, LoraInit, SourceData, Tokenizer};
-    let (model_dir, source, _) = workspace("rd-prior-unit");
+    let (model_dir, source, _) = cli_workspace("rd-prior-unit");
     let lora = LoraConfig::new().with_rank(2).with_alpha(4.0).with_init(LoraInit::Offset);
     let mut lalora = LaLoRA::<TestAutodiff>::load(&model_dir, AdapterSource::Fresh(lora), &device()).unwrap();
     let tokenizer = Tokenizer::for_model(&model_dir, lalora.model.config.vocab_size).unwrap();
@@ -379,9 +339,9 @@ fn a_failed_prior_write_leaves_the_previous_prior_whole() {
 // Item 8: every numeric flag has its range.
 #[test]
 fn numeric_flags_out_of_range_are_refused_naming_the_flag() {
-    let (model, source, target) = workspace("rd-ranges");
+    let (model, source, target) = cli_workspace("rd-ranges");
     let run = model.join("run");
-    let base = train_args(&model, &target, &run);
+    let base = small_train_args(&model, &target, &run);
     for (flag, value) in [
         ("--min-lr-ratio", "-2"),
         ("--clip", "-1"),
@@ -454,11 +414,11 @@ fn numeric_flags_out_of_range_are_refused_naming_the_flag() {
 // Item 9, the smaller ones.
 #[test]
 fn a_finished_run_resumed_says_so_and_output_paths_are_named() {
-    let (model, _, target) = workspace("rd-small");
+    let (model, _, target) = cli_workspace("rd-small");
     let run = model.join("run");
-    ok(&train_args(&model, &target, &run));
+    ok(&small_train_args(&model, &target, &run));
     let adapter = std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap();
-    let out = ok(&with(&train_args(&model, &target, &run), &["--resume"]));
+    let out = ok(&with(&small_train_args(&model, &target, &run), &["--resume"]));
     assert!(out.contains("already finished") && !out.contains("NaN"), "{out}");
     assert_eq!(std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap(), adapter);
 
@@ -486,15 +446,15 @@ fn a_finished_run_resumed_says_so_and_output_paths_are_named() {
         ],
         &[s(&blocker)],
     );
-    fails(&with(&train_args(&model, &target, &inside), &[]), &[s(&blocker)]);
+    fails(&with(&small_train_args(&model, &target, &inside), &[]), &[s(&blocker)]);
 }
 
 #[test]
 fn method_and_adapter_flags_that_would_be_ignored_are_refused() {
-    let (model, source, target) = workspace("rd-ignored");
+    let (model, source, target) = cli_workspace("rd-ignored");
     let prior = model.join("prior");
     fit_prior(&model, &source, &prior, "0");
-    let base = train_args(&model, &target, &model.join("run"));
+    let base = small_train_args(&model, &target, &model.join("run"));
     fails(
         &with(&base, &["--method", "lalora", "--laplace", s(&prior), "--lambda", "1", "--adapter", s(&prior.join("anchor"))]),
         &["--adapter", "--laplace"],
@@ -505,10 +465,10 @@ fn method_and_adapter_flags_that_would_be_ignored_are_refused() {
 
 #[test]
 fn a_broken_prior_or_adapter_is_refused_naming_the_file_and_field() {
-    let (model, source, target) = workspace("rd-broken-prior");
+    let (model, source, target) = cli_workspace("rd-broken-prior");
     let prior = model.join("prior");
     let train = |prior: &Path| {
-        with(&train_args(&model, &target, &model.join("run")), &["--method", "lalora", "--laplace", s(prior), "--lambda", "1"])
+        with(&small_train_args(&model, &target, &model.join("run")), &["--method", "lalora", "--laplace", s(prior), "--lambda", "1"])
     };
     let edit_meta = |dir: &Path, edit: &dyn Fn(&mut serde_json::Value)| {
         let path = dir.join("laplace.json");
@@ -569,7 +529,7 @@ fn a_broken_prior_or_adapter_is_refused_naming_the_file_and_field() {
 
 #[test]
 fn a_sweep_keeps_the_settings_that_finish_when_one_diverges() {
-    let (model, source, target) = workspace("rd-sweep-diverges");
+    let (model, source, target) = cli_workspace("rd-sweep-diverges");
     let out = model.join("sweep");
     let (src, tgt) = (s(&source), s(&target));
     // lambda 1e30 makes the penalty overflow once the adapters move; lambda 1 trains.
@@ -609,10 +569,10 @@ fn a_sweep_keeps_the_settings_that_finish_when_one_diverges() {
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     let l2: Vec<&str> = csv.lines().filter(|l| l.starts_with("l2,")).collect();
     assert_eq!(l2.len(), 2, "{csv}");
-    assert!(l2.iter().any(|l| l.starts_with("l2,1,") && l.contains(",false,")), "{csv}");
+    assert!(l2.iter().any(|l| l.starts_with("l2,0,1,") && l.contains(",false,")), "{csv}");
     assert!(l2.iter().any(|l| l.contains(",true,")), "the diverged setting is marked\n{csv}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    let rows = json["sweep"]["rows"].as_array().unwrap();
+    let rows = json["sweeps"][0]["rows"].as_array().unwrap();
     assert!(rows.iter().any(|r| r["diverged"].as_str().is_some_and(|d| d.contains("stopped"))), "{json}");
 }
 
@@ -645,8 +605,8 @@ fn tiny_tasks_are_a_cut_of_the_full_tasks_and_the_bundled_model_knows_them() {
 // byte-identical to an uninterrupted run's and every step is logged once.
 #[test]
 fn runs_killed_at_random_points_resume_to_the_same_adapter() {
-    let (model, _, target) = workspace("rd-kill");
-    let args = |run: &Path| with(&train_args(&model, &target, run), &["--steps", "16", "--checkpoint-every", "3", "--lr", "1e-2"]);
+    let (model, _, target) = cli_workspace("rd-kill");
+    let args = |run: &Path| with(&small_train_args(&model, &target, run), &["--steps", "16", "--checkpoint-every", "3", "--lr", "1e-2"]);
     let reference = model.join("reference");
     let clock = std::time::Instant::now();
     ok(&args(&reference));
@@ -707,11 +667,11 @@ fn runs_killed_at_random_points_resume_to_the_same_adapter() {
 // run directory gets an error (exit code 1, not a panic's 101 or an abort's 134) naming it.
 #[test]
 fn bad_inputs_give_errors_never_panics() {
-    let (model, source, target) = workspace("rd-bad-inputs");
+    let (model, source, target) = cli_workspace("rd-bad-inputs");
     let prior = model.join("prior");
     fit_prior(&model, &source, &prior, "0");
     let run = model.join("run");
-    ok(&with(&train_args(&model, &target, &run), &["--stop-after", "2", "--checkpoint-every", "1"]));
+    ok(&with(&small_train_args(&model, &target, &run), &["--stop-after", "2", "--checkpoint-every", "1"]));
     let put = |name: &str, content: &[u8]| {
         let path = model.join(name);
         if let Some(parent) = path.parent() {
@@ -790,15 +750,15 @@ fn bad_inputs_give_errors_never_panics() {
         (with(&train(tgt, &fresh("r-config")), &["--config", &bad_yaml]), &bad_yaml),
         (with(&train(tgt, &fresh("r-unknown")), &["--config", &unknown_key]), "stepz"),
         (
-            with(&train_args(&model, &target, Path::new(&state)), &["--stop-after", "2", "--checkpoint-every", "1", "--resume"]),
+            with(&small_train_args(&model, &target, Path::new(&state)), &["--stop-after", "2", "--checkpoint-every", "1", "--resume"]),
             "state.json",
         ),
         (
-            with(&train_args(&model, &target, Path::new(&optimizer)), &["--stop-after", "2", "--checkpoint-every", "1", "--resume"]),
+            with(&small_train_args(&model, &target, Path::new(&optimizer)), &["--stop-after", "2", "--checkpoint-every", "1", "--resume"]),
             "optimizer",
         ),
         (
-            with(&train_args(&model, &target, Path::new(&run_config)), &["--stop-after", "2", "--checkpoint-every", "1", "--resume"]),
+            with(&small_train_args(&model, &target, Path::new(&run_config)), &["--stop-after", "2", "--checkpoint-every", "1", "--resume"]),
             "config.json",
         ),
         (with(&train(tgt, gone), &["--resume"]), "config.json"),

@@ -140,7 +140,9 @@ pub struct OptimArgs {
     /// Final learning rate as a fraction of the peak, in [0, 1].
     #[arg(long, default_value_t = 0.1, value_parser = fraction)]
     pub min_lr_ratio: f64,
-    /// AdamW decoupled weight decay (PyTorch's default 0.01; betas 0.9/0.999, eps 1e-8).
+    /// AdamW decoupled weight decay (PyTorch's default 0.01; betas 0.9/0.999, eps 1e-8),
+    /// toward the starting adapters rather than toward zero (with `--init offset` zero is not
+    /// the base model).
     #[arg(long, default_value_t = 0.01, value_parser = non_negative_f32)]
     pub weight_decay: f32,
     /// Clip the global gradient norm to this (0 disables).

@@ -104,7 +104,7 @@ impl<B: Backend> Accumulator<B> {
         let masked = |s: &AdapterStats<B>| (s.x.clone() * mask3.clone(), s.z.clone() * mask3.clone());
         let mut shared = SharedInputs::new();
         match &mut self.sums {
-            // The diagonal needs whole-sequence gradients only.
+            // The diagonal reads x and z with the gradients, in `observe_gradients`.
             Sums::Diag(_) => {}
             Sums::Kfac(sums) => {
                 for ((info, s), sums) in self.adapters.iter().zip(stats).zip(sums) {
@@ -122,8 +122,8 @@ impl<B: Backend> Accumulator<B> {
     }
 
     /// Records the gradient-side statistics of one backward pass, weighted by `weight`
-    /// (`1/K` for K Monte-Carlo draws). The diagonal uses every position (exact per-sequence
-    /// gradients); the factors only loss-carrying positions (`mask`).
+    /// (`1/K` for K Monte-Carlo draws). Every estimator reads only loss-carrying positions
+    /// (`mask`): the same tokens for diag, kfac and tri-kfac.
     pub fn observe_gradients(&mut self, stats: &[AdapterStats<B>], mask: &Tensor<B, 2>, weight: f64) {
         assert_eq!(stats.len(), self.adapters.len(), "one stats entry per adapter");
         let mask3 = mask.clone().unsqueeze_dim::<3>(2);
@@ -131,7 +131,8 @@ impl<B: Backend> Accumulator<B> {
         match &mut self.sums {
             Sums::Diag(sums) => {
                 for ((info, s), sums) in self.adapters.iter().zip(stats).zip(sums) {
-                    sums.observe_gradients(info, s, weight);
+                    let (g, h) = masked(s);
+                    sums.observe_gradients(info, s, &g, &h, weight);
                 }
             }
             Sums::Kfac(sums) => {

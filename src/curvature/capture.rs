@@ -146,3 +146,52 @@ pub fn sample_labels<B: Backend>(logits: &Tensor<B, 3>) -> Tensor<B, 2, Int> {
     let gumbel = uniform.log().neg().log().neg();
     (logits.clone() + gumbel).argmax(2).squeeze_dim(2)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    type B = crate::test_support::TestBackend;
+
+    /// The MC Fisher needs every position's label drawn independently from its own softmax: a
+    /// draw that shared noise across positions (or rows) would still have the right marginals
+    /// but correlated labels, and the estimate would lose its `1/n_tokens` variance.
+    #[test]
+    fn sampled_labels_follow_the_softmax_independently_per_position() {
+        const ROWS: usize = 20_000;
+        const POSITIONS: usize = 3;
+        let row_logits = [0.0f32, 1.0, -0.5];
+        let norm: f64 = row_logits.iter().map(|&l| (l as f64).exp()).sum();
+        let p: Vec<f64> = row_logits.iter().map(|&l| (l as f64).exp() / norm).collect();
+        let v = p.len();
+        // Equal logits at every position, so shared noise would make the labels equal.
+        let data: Vec<f32> = (0..ROWS * POSITIONS).flat_map(|_| row_logits).collect();
+        let device = Default::default();
+        B::seed(&device, 11);
+        let logits = Tensor::<B, 3>::from_data(TensorData::new(data, [ROWS, POSITIONS, v]), &device);
+        let labels: Vec<i64> = sample_labels(&logits).into_data().convert::<i64>().to_vec().unwrap();
+        let label = |row: usize, pos: usize| labels[row * POSITIONS + pos] as usize;
+
+        for pos in 0..POSITIONS {
+            for (class, &pc) in p.iter().enumerate() {
+                let freq = (0..ROWS).filter(|&r| label(r, pos) == class).count() as f64 / ROWS as f64;
+                let se = (pc * (1.0 - pc) / ROWS as f64).sqrt();
+                assert!((freq - pc).abs() < 5.0 * se, "position {pos}, class {class}: frequency {freq:.4}, softmax {pc:.4}");
+            }
+        }
+        // Pearson's chi-square of each pair of positions against the product of the softmaxes
+        // (8 degrees of freedom: 40 is a p-value of about 1e-5; shared noise gives thousands).
+        for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+            let mut chi2 = 0.0;
+            for i in 0..v {
+                for j in 0..v {
+                    let observed = (0..ROWS).filter(|&r| label(r, a) == i && label(r, b) == j).count() as f64;
+                    let expected = ROWS as f64 * p[i] * p[j];
+                    chi2 += (observed - expected).powi(2) / expected;
+                }
+            }
+            assert!(chi2 < 40.0, "positions {a} and {b} are not independent: chi-square {chi2:.1}");
+        }
+    }
+}

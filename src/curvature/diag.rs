@@ -1,13 +1,15 @@
-//! Diagonal curvature: `F_ii` for every entry of A and B, from per-sequence gradients.
+//! Diagonal curvature: `F_ii` for every entry of A and B, from per-token gradients.
 //!
-//! Quadratic form: `sum F_A * dA^2 + sum F_B * dB^2`. Statistics: per sequence n,
-//! `dB_n = s sum_t g_t z_t^T` and `dA_n = sum_t h_t x_t^T` over every position, squared and
-//! summed over sequences (see [`super::math`]).
+//! Quadratic form: `sum F_A * dA^2 + sum F_B * dB^2`. Statistics: each loss-carrying position
+//! t contributes `dB_t = s g_t z_t^T` and `dA_t = h_t x_t^T` (its share of the gradient, the
+//! same per-token terms kfac factorises), squared entry-wise and summed:
+//! `F_B = s^2 sum_t (g_t^2)(z_t^2)^T / N_tok`, `F_A = sum_t (h_t^2)(x_t^2)^T / N_tok`. So diag
+//! is the exact diagonal of the matrix kfac approximates (see [`super::math`]).
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
 
-use super::accumulate::{add, AdapterInfo, AdapterStats};
+use super::accumulate::{add, token_outer, AdapterInfo, AdapterStats};
 use super::inner;
 
 /// The diagonal of F for one adapter.
@@ -54,7 +56,7 @@ impl<B: Backend> DiagBlock<B> {
     }
 }
 
-/// Running sums of squared per-sequence gradients for one adapter.
+/// Running sums of squared per-token gradients for one adapter.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DiagSums<B: Backend> {
     a: Option<Tensor<B, 2>>,
@@ -62,17 +64,16 @@ pub(crate) struct DiagSums<B: Backend> {
 }
 
 impl<B: Backend> DiagSums<B> {
-    /// Adds one backward pass, weighted by `weight` (`1/K` for K Monte-Carlo draws). Every
-    /// position counts: the per-sequence gradient is exact.
-    pub fn observe_gradients(&mut self, info: &AdapterInfo, s: &AdapterStats<B>, weight: f64) {
-        let [_, _, d_in] = s.x.dims();
-        let [_, _, d_out] = s.g.dims();
-        let r = info.rank;
-        // per-sequence gradients: dB_n = s g_n^T z_n, dA_n = h_n^T x_n
-        let d_b = s.g.clone().swap_dims(1, 2).matmul(s.z.clone()).mul_scalar(info.scale); // [batch, d_out, r]
-        let d_a = s.h.clone().swap_dims(1, 2).matmul(s.x.clone()); // [batch, r, d_in]
-        add(&mut self.b, d_b.square().sum_dim(0).reshape([d_out, r]).mul_scalar(weight));
-        add(&mut self.a, d_a.square().sum_dim(0).reshape([r, d_in]).mul_scalar(weight));
+    /// Adds one backward pass, weighted by `weight` (`1/K` for K Monte-Carlo draws); `g` and
+    /// `h` already masked to loss-carrying positions.
+    ///
+    /// The square of `dB_t = s g_t z_t^T` is `s^2 (g_t^2)(z_t^2)^T`, so the sum over tokens is
+    /// one product of the squared statistics, `[d_out, r]` (and `[r, d_in]` for A).
+    pub fn observe_gradients(&mut self, info: &AdapterInfo, s: &AdapterStats<B>, g: &Tensor<B, 3>, h: &Tensor<B, 3>, weight: f64) {
+        let b = token_outer(&g.clone().square(), &s.z.clone().square()).mul_scalar(weight * info.scale * info.scale); // [d_out, r]
+        let a = token_outer(&h.clone().square(), &s.x.clone().square()).mul_scalar(weight); // [r, d_in]
+        add(&mut self.b, b);
+        add(&mut self.a, a);
     }
 
     /// The per-token average: the sums divided by `tokens`.

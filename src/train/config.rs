@@ -76,7 +76,9 @@ pub struct OptimizerConfig {
     /// Denominator epsilon. Default 1e-8.
     #[config(default = 1e-8)]
     pub eps: f32,
-    /// Decoupled weight decay. Default 0.01.
+    /// Decoupled weight decay. Default 0.01. Fine-tuning decays the adapters toward their
+    /// starting values, not toward zero (with the offset init zero is not the base model; see
+    /// [`super::DecayToward`]); full-parameter pretraining decays toward zero.
     #[config(default = 0.01)]
     pub weight_decay: f32,
     /// Clip the global gradient norm to this (None: no clipping). Default 1.0.

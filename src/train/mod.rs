@@ -3,12 +3,14 @@
 //! settings and inputs it was started with.
 
 mod config;
+mod decay;
 mod fingerprint;
 mod run;
 mod run_dir;
 mod step;
 
 pub use config::{DataConfig, EvalConfig, OptimizerConfig, Penalty, RunConfig, ScheduleConfig, ScheduleKind, TrainConfig};
+pub use decay::DecayToward;
 pub use fingerprint::RunInputs;
 pub(crate) use run::train;
 pub use run::{EvalPoint, TrainControl, TrainData, TrainReport};

@@ -15,6 +15,7 @@ use burn::tensor::cast::ToElement as _;
 use serde::Serialize;
 
 use super::config::{Penalty, TrainConfig};
+use super::decay::DecayToward;
 use super::fingerprint::RunInputs;
 use super::run_dir::{CheckpointState, RunDir, RunRecord};
 use super::step::{lm_objective, trainable_params, Step};
@@ -97,8 +98,8 @@ impl TrainReport {
 }
 
 /// Trains the adapters of `model` on `data` (see [`crate::LaLoRA::train`]). `prior` is the
-/// model's Laplace prior, required by [`Penalty::Laplace`]; the `l2` penalty is taken around the
-/// starting adapters.
+/// model's Laplace prior, required by [`Penalty::Laplace`]; the `l2` penalty and AdamW's weight
+/// decay are taken around the starting adapters (see [`super::decay`]).
 ///
 /// A non-finite loss or penalty stops the run with an error naming the step; the last good
 /// checkpoint is kept.
@@ -114,13 +115,11 @@ pub(crate) fn train<B: KernelAutodiffBackend>(
     if data.sequences.is_empty() {
         return Err(Error::EmptyData { path: "<training data>".into(), reason: "no training sequences".into() });
     }
-    let isotropic;
+    // The starting adapters: the centre of the l2 penalty and of the weight decay.
+    let start = LaplacePrior::isotropic(&model, 1.0);
     let prior = match config.penalty {
         Penalty::None => None,
-        Penalty::L2 { lambda } => {
-            isotropic = LaplacePrior::isotropic(&model, 1.0);
-            Some((&isotropic, lambda / 2.0))
-        }
+        Penalty::L2 { lambda } => Some((&start, lambda / 2.0)),
         Penalty::Laplace { lambda } => {
             let prior = prior.ok_or_else(|| Error::arg("laplace", "the laplace penalty needs a fitted or loaded prior"))?;
             Some((prior, lambda / 2.0))
@@ -133,7 +132,9 @@ pub(crate) fn train<B: KernelAutodiffBackend>(
     let run = control.run_dir.as_deref().map(|dir| RunDir::open(dir, control.resume, control.force)).transpose()?;
     let device = model.embed_tokens.device();
     let mut model = model;
-    let mut optim = config.optimizer.adamw().init::<B, Llama<B>>();
+    // AdamW without its own decay: the step decays toward the starting adapters instead.
+    let mut optim = config.optimizer.adamw().with_weight_decay(0.0).init::<B, Llama<B>>();
+    let decay = DecayToward { anchors: &start.anchors, rate: config.optimizer.weight_decay as f64 };
     let mut step = 0;
     let mut position = DataPosition::default();
     let mut last_loss = f64::NAN;
@@ -175,7 +176,7 @@ pub(crate) fn train<B: KernelAutodiffBackend>(
             })
             .collect();
         let first_batch = micro_batches[0].clone();
-        let one = Step { lr, clip: config.optimizer.clip, head_grad: false, penalty: prior, params: &params };
+        let one = Step { lr, clip: config.optimizer.clip, head_grad: false, penalty: prior, params: &params, decay: Some(decay) };
         let out;
         (model, out) = one.run(model, &mut optim, micro_batches).map_err(|e| stopped(step + 1, &e.to_string(), run.is_some()))?;
         step += 1;

@@ -1,5 +1,11 @@
 //! One optimiser step on a batch: forward with dropout, token-mean NLL plus an optional
-//! penalty, backward, global-norm clipping, AdamW.
+//! penalty, backward, global-norm clipping, AdamW (with its decay toward the starting adapters
+//! when fine-tuning, see [`super::decay`]).
+//!
+//! The objective of a step over micro-batches `k = 1..n` with `N_k` loss tokens each is
+//! `sum_k sum_t nll_kt / sum_k N_k + (lambda/2) d^T P d`: the token mean over the whole step,
+//! so `n` micro-batches of `b` sequences give the gradient of one batch of `n b`, and the
+//! penalty counts once per step whatever `n` is.
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
@@ -7,6 +13,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::cast::ToElement as _;
 use burn::tensor::Tensor;
 
+use super::decay::DecayToward;
 use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::laplace::LaplacePrior;
@@ -116,13 +123,17 @@ pub struct Step<'a, B: KernelAutodiffBackend> {
     pub penalty: Option<(&'a LaplacePrior<B>, f64)>,
     /// The trainable parameters (for clipping), from [`trainable_params`].
     pub params: &'a [ParamRef],
+    /// Decoupled weight decay toward the starting adapters, applied after the optimiser's
+    /// update (whose own decay must then be 0); `None` leaves decay to the optimiser.
+    pub decay: Option<DecayToward<'a, B>>,
 }
 
 impl<B: KernelAutodiffBackend> Step<'_, B> {
     /// Runs the step over `micro_batches` (gradient accumulation): each micro-batch's forward
-    /// (dropout on) and token-mean NLL, scaled by 1/(number of micro-batches), the penalty
-    /// with the first one, backward and accumulate; then, if the loss and the penalty are
-    /// finite, global-norm clipping and AdamW.
+    /// (dropout on) and token-mean NLL, weighted by its share `N_k / sum_k N_k` of the step's
+    /// loss tokens, the penalty with the first one, backward and accumulate; then, if the loss
+    /// and the penalty are finite, global-norm clipping, AdamW and the decay toward the
+    /// starting adapters.
     ///
     /// # Errors
     /// [`Error::Numerical`] naming the cause when the loss, the penalty or the gradient norm
@@ -136,12 +147,14 @@ impl<B: KernelAutodiffBackend> Step<'_, B> {
         let n = micro_batches.len();
         assert!(n > 0, "a step needs at least one micro-batch");
         let mut accumulator = GradientsAccumulator::<Llama<B>>::new();
-        let (mut loss, mut penalty, mut tokens) = (0.0, 0.0, 0);
+        let tokens: usize = micro_batches.iter().map(|b| b.num_targets).sum();
+        let (mut loss, mut penalty) = (0.0, 0.0);
         for (micro, batch) in micro_batches.iter().enumerate() {
-            tokens += batch.num_targets;
+            // The token mean over the whole step (equal shares when no micro-batch has tokens).
+            let share = if tokens == 0 { 1.0 / n as f64 } else { batch.num_targets as f64 / tokens as f64 };
             let objective = lm_objective(&model, batch, true, self.head_grad);
-            let mut total = objective.surrogate.div_scalar(n as f64);
-            loss += objective.nll / n as f64;
+            let mut total = objective.surrogate.mul_scalar(share);
+            loss += objective.nll * share;
             if let (0, Some((prior, scale))) = (micro, self.penalty) {
                 let term = prior.penalty(&model, scale);
                 penalty = term.value.into_scalar().to_f64();
@@ -161,7 +174,11 @@ impl<B: KernelAutodiffBackend> Step<'_, B> {
         if !grad_norm.is_finite() {
             return Err(Error::Numerical(format!("gradient norm is {grad_norm}")));
         }
-        let model = optim.step(self.lr, model, grads);
+        let offsets = self.decay.as_ref().map(|d| d.offsets(&model));
+        let mut model = optim.step(self.lr, model, grads);
+        if let (Some(decay), Some(offsets)) = (&self.decay, offsets) {
+            model = decay.apply(model, self.lr, offsets);
+        }
         Ok((model, StepOutput { loss, penalty, grad_norm, tokens }))
     }
 }

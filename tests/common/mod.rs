@@ -48,6 +48,50 @@ pub fn copy_fixture(rel: &str, name: &str) -> PathBuf {
     dir
 }
 
+/// `p` as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A workspace for driving the binary: the gqa fixture with the fixture tokenizer, a source
+/// text file and a target prompt/completion file (12 records each) inside it.
+pub fn cli_workspace(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let model = copy_fixture("llama/gqa", name);
+    std::fs::copy(fixture("tokenizer/tokenizer.json"), model.join("tokenizer.json")).unwrap();
+    let source = model.join("source.jsonl");
+    std::fs::write(&source, (0..12).map(|i| format!("{{\"text\": \"The quick brown fox number {i} jumps.\"}}\n")).collect::<String>())
+        .unwrap();
+    let target = model.join("target.jsonl");
+    std::fs::write(
+        &target,
+        (0..12).map(|i| format!("{{\"prompt\": \"Add {i} and 2.\", \"completion\": \" #### {}\"}}\n", i + 2)).collect::<String>(),
+    )
+    .unwrap();
+    (model, source, target)
+}
+
+/// The flags of a small `lalora train` (4 steps of 4 sequences, rank 2) on `data` into `run`.
+pub fn small_train_args(model: &Path, data: &Path, run: &Path) -> Vec<String> {
+    let args = [
+        "train",
+        "--model",
+        s(model),
+        "--data",
+        s(data),
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--rank",
+        "2",
+        "--alpha",
+        "4",
+        "--out",
+        s(run),
+    ];
+    args.iter().map(|a| a.to_string()).collect()
+}
+
 /// `reference.safetensors` of a Llama or PEFT fixture: a padded batch and HF's logits.
 pub struct Reference {
     /// `[batch, seq]` token ids (padding included).

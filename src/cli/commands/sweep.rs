@@ -8,7 +8,8 @@ use lalora::curvature::Estimator;
 use lalora::demo::{run_demo, DemoConfig};
 use lalora::io::hub::resolve_model;
 use lalora::io::write_json_atomic;
-use lalora::sweep::{sweep_files, ResultRow, SweepConfig, SweepFiles, SweepMethod, SweepPenalty, SweepResult};
+use lalora::seeds::SeededSweep;
+use lalora::sweep::{sweep_files, ResultRow, SweepConfig, SweepFiles, SweepMethod, SweepPenalty};
 use lalora::train::Penalty;
 use lalora::LaplaceConfig;
 
@@ -54,12 +55,16 @@ pub struct MethodArgs {
     /// Lambdas for the isotropic `l2` baseline (its penalty has another scale).
     #[arg(long = "l2-lambda", value_delimiter = ',', default_value = "0.1,1,10", value_parser = positive)]
     pub l2_lambdas: Vec<f64>,
-    /// Evaluations along the plain-LoRA run (its early-stopping frontier).
-    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
-    pub lora_eval_points: usize,
+    /// Evaluations along the plain-LoRA run (its early-stopping frontier). Default: as many as
+    /// the largest lambda grid, so every frontier has as many points.
+    #[arg(long, value_parser = at_least_one)]
+    pub lora_eval_points: Option<usize>,
     /// Fisher labels for the priors.
     #[arg(long, value_enum, default_value_t = FisherKind::Mc)]
     pub fisher: FisherKind,
+    /// Monte-Carlo label draws per token for the priors (with --fisher mc).
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    pub laplace_samples: usize,
     /// Batches per source set for the priors (the paper uses two).
     #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     pub laplace_batches: usize,
@@ -114,11 +119,14 @@ pub struct SweepArgs {
     /// Held-out target evaluation set; repeat.
     #[arg(long, required = true)]
     target_eval: Vec<PathBuf>,
-    /// Seed of adapters, data order, dropout and label sampling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Output directory: results.csv, results.json, pareto.svg/png, and run.json (the resolved
-    /// flags). A setting that diverges is kept in the results, marked `diverged`.
+    /// Seeds, comma-separated: each runs the whole sweep with its own adapter init, data order,
+    /// dropout, Laplace batches and label sampling; every point is reported as mean +- standard
+    /// error over them. Example: `--seeds 0,1,2`.
+    #[arg(long, alias = "seed", value_delimiter = ',', default_value = "0")]
+    seeds: Vec<u64>,
+    /// Output directory: results.csv (every seed), points.csv (mean and s.e. per point),
+    /// results.json, pareto.svg/png, and run.json (the resolved flags). A setting that diverges
+    /// is kept in the results, marked `diverged`.
     #[arg(long)]
     out: PathBuf,
     /// Read flags from JSON or YAML files (keys are flag names); flags given here override
@@ -131,14 +139,14 @@ pub struct SweepArgs {
 fn print_row(r: &ResultRow) {
     let lambda = r.lambda.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
     if let Some(reason) = &r.diverged {
-        println!("{:<18} {:>8} diverged: {reason}", r.method, lambda);
+        println!("{:<18} {:>5} {:>8} diverged: {reason}", r.method, r.seed, lambda);
         return;
     }
-    println!("{:<18} {:>8} {:>6} {:>8.3} {:>8.3}", r.method, lambda, r.step, r.source_score, r.target_score);
+    println!("{:<18} {:>5} {:>8} {:>6} {:>8.3} {:>8.3}", r.method, r.seed, lambda, r.step, r.source_score, r.target_score);
 }
 
 fn print_header() {
-    println!("{:<18} {:>8} {:>6} {:>8} {:>8}", "method", "lambda", "step", "source", "target");
+    println!("{:<18} {:>5} {:>8} {:>6} {:>8} {:>8}", "method", "seed", "lambda", "step", "source", "target");
 }
 
 /// Runs `lalora sweep`.
@@ -155,41 +163,62 @@ pub fn run(args: SweepArgs, flags: &Flags) -> anyhow::Result<()> {
         fields: args.fields.field.clone(),
     };
     let m = &args.methods;
+    let seed = args.seeds.first().copied().unwrap_or(0);
     let config = SweepConfig {
-        lora: args.lora.config(args.seed),
+        lora: args.lora.config(seed),
         methods: m.methods(),
-        train: args.optim.train_config(Penalty::None, max_len, args.seed, 0, 32, 48),
+        train: args.optim.train_config(Penalty::None, max_len, seed, 0, 32, 48),
         lora_eval_points: m.lora_eval_points,
         laplace: LaplaceConfig::new()
-            .with_fisher(m.fisher.fisher(1))
+            .with_fisher(m.fisher.fisher(m.laplace_samples))
             .with_batches_per_source(m.laplace_batches)
             .with_batch_size(m.laplace_batch_size)
             .with_max_len(max_len)
             .with_prior_precision(m.prior_precision)
-            .with_seed(args.seed),
-        seed: args.seed,
+            .with_seed(seed),
+        seed,
         progress: true,
     };
+    anyhow::ensure!(!args.seeds.is_empty(), "--seeds needs at least one seed");
     config.train.validate()?;
     config.laplace.validate()?;
     std::fs::create_dir_all(&args.out).map_err(|e| lalora::Error::io(&args.out, e))?;
     write_json_atomic(&args.out.join("run.json"), flags)?;
     print_header();
-    let result = sweep_files::<AB>(&files, &config, &lalora_backends::device(), print_row)?;
+    let result = sweep_files::<AB>(&files, &config, &args.seeds, &lalora_backends::device(), print_row)?;
     result.write(&args.out)?;
     print_summary(&result, &args.out);
     Ok(())
 }
 
-/// The summary table and the plot's path.
-fn print_summary(result: &SweepResult, out: &Path) {
+/// The points over seeds (when there are several), the summary table and the plot's path.
+fn print_summary(result: &SeededSweep, out: &Path) {
+    let seeds = result.seeds.len();
+    if seeds > 1 {
+        println!("\nmean +- standard error over {seeds} seeds {:?}:", result.seeds);
+        println!("{:<18} {:>8} {:>6} {:>16} {:>16}", "method", "lambda", "step", "source", "target");
+        for p in result.points() {
+            let lambda = p.lambda.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+            println!("{:<18} {:>8} {:>6} {:>16} {:>16}", p.method, lambda, p.step, p.source.display(3), p.target.display(3));
+        }
+    }
     println!();
-    println!("{:<18} {:>8} {:>6} {:>8} {:>8} {:>12}", "best trade-off", "lambda", "step", "source", "target", "hypervolume");
+    println!(
+        "{:<18} {:>8} {:>6} {:>16} {:>16} {:>16} {:>18}",
+        "best trade-off", "lambda", "step", "source", "target", "frontier area", "95% interval"
+    );
     for s in result.summary() {
         let lambda = s.best.lambda.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+        let interval = if seeds > 1 { format!("[{:.3}, {:.3}]", s.hypervolume_interval.0, s.hypervolume_interval.1) } else { "-".into() };
         println!(
-            "{:<18} {:>8} {:>6} {:>8.3} {:>8.3} {:>12.4}",
-            s.method, lambda, s.best.step, s.best.source_score, s.best.target_score, s.hypervolume
+            "{:<18} {:>8} {:>6} {:>16} {:>16} {:>16} {:>18}",
+            s.method,
+            lambda,
+            s.best.step,
+            s.best.source.display(3),
+            s.best.target.display(3),
+            s.hypervolume.display(4),
+            interval
         );
     }
     println!("\nplot: {} and {}", out.join("pareto.png").display(), out.join("pareto.svg").display());
@@ -226,9 +255,20 @@ pub struct DemoArgs {
     /// Lambdas of the l2 baseline.
     #[arg(long = "l2-lambda", value_delimiter = ',', default_value = "0.1,1", value_parser = positive)]
     l2_lambdas: Vec<f64>,
-    /// Seed of tasks, adapters, data order and label sampling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Training seeds, comma-separated (adapter init, data order, dropout, Laplace batches,
+    /// label sampling); several give mean +- standard error. The tasks do not change.
+    #[arg(long, alias = "seed", value_delimiter = ',', default_value = "0")]
+    seeds: Vec<u64>,
+    /// Seed of the tasks' invented world. Default: the model's pretraining seed
+    /// (`pretrain.json`); any other is refused, since the model knows only that world.
+    #[arg(long)]
+    task_seed: Option<u64>,
+    /// Batches of 16 sequences per source skill for the priors (the paper uses two).
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
+    laplace_batches: usize,
+    /// Monte-Carlo label draws per token for the priors.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    laplace_samples: usize,
 }
 
 /// Runs `lalora demo`: tasks, priors, sweep, table, plot and a reading of the plot.
@@ -243,11 +283,17 @@ pub fn run_demo_command(args: DemoArgs) -> anyhow::Result<()> {
         methods: args.methods.iter().map(|m| m.penalty()).collect(),
         lambdas: args.lambdas,
         l2_lambdas: args.l2_lambdas,
-        seed: args.seed,
+        seeds: args.seeds,
+        task_seed: args.task_seed,
+        laplace_batches: args.laplace_batches,
+        laplace_samples: args.laplace_samples,
     };
+    anyhow::ensure!(!config.seeds.is_empty(), "--seeds needs at least one seed");
     let sweep = config.sweep();
     println!(
-        "demo: {} steps per run, lr {}, rank {} ({:?} init), methods {}, lambda {:?}, l2 lambda {:?}",
+        "demo: tasks from seed {}, training seeds {:?}, {} steps per run, lr {}, rank {} ({:?} init), methods {}, lambda {:?}, l2 lambda {:?}",
+        config.resolved_task_seed()?,
+        config.seeds,
         sweep.train.schedule.steps,
         config.lr,
         sweep.lora.rank,
@@ -261,7 +307,7 @@ pub fn run_demo_command(args: DemoArgs) -> anyhow::Result<()> {
     print_summary(&outcome.result, &config.out);
     println!("\n{}", outcome.reading);
     println!("\nwall time by stage:");
-    for (stage, seconds) in &outcome.result.stage_seconds {
+    for (stage, seconds) in &outcome.result.stage_seconds() {
         println!("  {stage:<36} {seconds:>7.1} s");
     }
     println!("  {:<36} {:>7.1} s", "total (with task generation and loading)", outcome.seconds);

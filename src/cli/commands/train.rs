@@ -11,11 +11,12 @@ use lalora::data::lm_sequences_with;
 use lalora::eval::load_eval_set_with;
 use lalora::io::hash::hash_file;
 use lalora::io::write_json_atomic;
+use lalora::posterior::{target_tokens, LambdaSetting};
 use lalora::train::{open_run_dir, Penalty, TrainControl, TrainData};
 use lalora::{AdapterSource, LaLoRA, Tokenizer};
 
 use crate::cli::dist::{self, DistArgs};
-use crate::cli::ranges::{at_least_one, non_negative};
+use crate::cli::ranges::at_least_one;
 use crate::cli::{max_len, DataArgs, Flags, LoraArgs, ModelArgs, OptimArgs, AB};
 
 /// How the adapters are regularised.
@@ -70,9 +71,11 @@ pub struct TrainArgs {
     /// A `lalora laplace` output directory; training starts from its anchor adapters.
     #[arg(long, required_if_eq("method", "lalora"), conflicts_with = "adapter")]
     laplace: Option<PathBuf>,
-    /// Penalty strength lambda (needed by l2 and lalora). Example: `--lambda 1000`.
-    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
-    lambda: f64,
+    /// Penalty strength lambda (needed by l2 and lalora). Example: `--lambda 1000`. With
+    /// `--method lalora`, `--lambda posterior` sets the Bayesian value N_src / N_tgt (the
+    /// prior's source tokens over the training set's loss tokens; README "How to read lambda").
+    #[arg(long, default_value = "0")]
+    lambda: LambdaSetting,
     /// Evaluation file, scored during and after training; repeat for several.
     #[arg(long)]
     eval: Vec<PathBuf>,
@@ -112,13 +115,15 @@ pub struct TrainArgs {
 /// Runs `lalora train`.
 pub fn run(args: TrainArgs, flags: &Flags) -> anyhow::Result<()> {
     let device = lalora_backends::device();
-    let penalty = match args.method {
-        Method::Lora => Penalty::None,
-        Method::L2 => Penalty::L2 { lambda: args.lambda },
-        Method::Lalora => Penalty::Laplace { lambda: args.lambda },
-    };
+    anyhow::ensure!(
+        args.lambda != LambdaSetting::Posterior || args.method == Method::Lalora,
+        "--lambda posterior needs --method lalora (the prior's source tokens define it)"
+    );
     anyhow::ensure!(args.laplace.is_none() || args.method == Method::Lalora, "--laplace is only used by --method lalora");
-    anyhow::ensure!(args.method != Method::Lora || args.lambda == 0.0, "--lambda is only used by --method l2 or lalora");
+    anyhow::ensure!(
+        args.method != Method::Lora || args.lambda == LambdaSetting::Value(0.0),
+        "--lambda is only used by --method l2 or lalora"
+    );
     // The directory is locked (and a fresh run refused in an existing one) before anything
     // is loaded; the lock is held until the adapter and eval.json are written.
     let _lock = open_run_dir(&args.out, args.resume, args.force)?;
@@ -143,6 +148,21 @@ pub fn run(args: TrainArgs, flags: &Flags) -> anyhow::Result<()> {
     let eos = lalora.model.config.eos_token_ids.first().copied();
     let read = args.fields.options(max_len, eos, chat.as_ref());
     let sequences = lm_sequences_with(&args.data, &tokenizer, &read)?;
+    let lambda = match args.lambda {
+        LambdaSetting::Value(v) => v,
+        LambdaSetting::Posterior => {
+            let source = lalora.prior.as_ref().and_then(|p| p.meta.as_ref()).map(|m| m.tokens);
+            let target = target_tokens(&sequences);
+            let lambda = args.lambda.resolve(source, target)?;
+            eprintln!("lambda posterior = N_src / N_tgt = {} source tokens / {target} target tokens = {lambda:.6}", source.unwrap_or(0));
+            lambda
+        }
+    };
+    let penalty = match args.method {
+        Method::Lora => Penalty::None,
+        Method::L2 => Penalty::L2 { lambda },
+        Method::Lalora => Penalty::Laplace { lambda },
+    };
     let eval_sets = args.eval.iter().map(|p| load_eval_set_with(p, &tokenizer, &read)).collect::<lalora::Result<Vec<_>>>()?;
     let config = args.optim.train_config(penalty, max_len, args.seed, args.checkpoint_every, args.optim.batch_size, 64);
     config.validate()?;
