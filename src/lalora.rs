@@ -120,10 +120,8 @@ impl<B: KernelBackend> LaLoRA<B> {
 
 impl<B: KernelAutodiffBackend> LaLoRA<B> {
     /// Fits the Laplace prior on source data at the current adapters (the anchor) and keeps
-    /// it. The backend's generator is seeded with `config.seed` first, so a fit is
-    /// reproducible.
+    /// it. The label sampler is seeded with `config.seed`, so a fit is reproducible.
     pub fn fit_prior(&mut self, sources: &[SourceData], config: &LaplaceConfig, progress: bool) -> Result<FitReport> {
-        B::seed(&self.model.embed_tokens.device(), config.seed);
         let (prior, report) = fit(&self.model, &self.lora, sources, config, progress)?;
         self.prior = Some(prior);
         Ok(report)

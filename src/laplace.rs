@@ -434,8 +434,8 @@ pub fn source_batches<B: Backend>(sources: &[SourceData], config: &LaplaceConfig
 /// Fits the prior of `config` on `sources` at the model's current adapters (the anchor).
 ///
 /// Labels of the Monte-Carlo Fisher come from the backend's generator, which this function
-/// does not seed (so several fits in a row draw fresh labels); [`crate::LaLoRA::fit_prior`]
-/// seeds it with `config.seed`.
+/// seeds with `config.seed` first: a fit depends on its config alone, not on what drew random
+/// numbers before it (in a sweep, diag and kfac see the same labels whatever the method list).
 pub fn fit<B: KernelAutodiffBackend>(
     model: &Llama<B>,
     lora: &LoraConfig,
@@ -448,7 +448,9 @@ pub fn fit<B: KernelAutodiffBackend>(
         return Err(Error::arg("adapter", "the model has no adapters to fit a prior for"));
     }
     let start = Instant::now();
-    let (batches, notes) = source_batches(sources, config, &model.embed_tokens.device());
+    let device = model.embed_tokens.device();
+    B::seed(&device, config.seed);
+    let (batches, notes) = source_batches(sources, config, &device);
     let progress = Progress::new(progress, batches.len() as u64, &format!("fit {}", config.estimator.name()));
     let mut acc = Accumulator::new(config.estimator, adapter_infos(model));
     for batch in &batches {

@@ -283,8 +283,8 @@ pub fn sweep_files<B: KernelAutodiffBackend>(
 
 /// Runs the sweep from `start` (with its starting adapters, which are every prior's anchor).
 ///
-/// Priors are fitted in the order the methods name them, drawing labels from the backend's
-/// generator in turn (it is not reseeded between fits).
+/// Every prior is fitted once, at the starting adapters, with the Laplace seed: a method's
+/// prior (and so its points) does not depend on the other methods in the sweep.
 pub fn run_sweep<B: KernelAutodiffBackend>(
     start: &LaLoRA<B>,
     data: &SweepData<'_>,
