@@ -34,7 +34,9 @@ use crate::laplace::LaplacePrior;
 use crate::llama::Llama;
 use crate::lora::LoraConfig;
 use crate::progress::Progress;
-use crate::train::{clip_global_norm, lm_objective, trainable_params, EvalPoint, Penalty, RunConfig, TrainConfig, TrainData, TrainReport};
+use crate::train::{
+    clip_global_norm, lm_objective, trainable_params, DecayToward, EvalPoint, Penalty, RunConfig, TrainConfig, TrainData, TrainReport,
+};
 use crate::KernelAutodiffBackend;
 
 type Inner<B> = <B as AutodiffBackend>::InnerBackend;
@@ -131,13 +133,11 @@ pub fn train_peer<B: KernelAutodiffBackend>(
         return Err(Error::EmptyData { path: "<training data>".into(), reason: "no training sequences".into() });
     }
     let (rank, world) = (peer.rank(), peer.world());
-    let isotropic;
+    // The starting adapters: the centre of the l2 penalty and of the weight decay.
+    let start = LaplacePrior::isotropic(&model, 1.0);
     let penalty = match config.penalty {
         Penalty::None => None,
-        Penalty::L2 { lambda } => {
-            isotropic = LaplacePrior::isotropic(&model, 1.0);
-            Some((&isotropic, lambda / 2.0))
-        }
+        Penalty::L2 { lambda } => Some((&start, lambda / 2.0)),
         Penalty::Laplace { lambda } => {
             let prior = prior.ok_or_else(|| Error::arg("laplace", "the laplace penalty needs a fitted or loaded prior"))?;
             Some((prior, lambda / 2.0))
@@ -149,7 +149,9 @@ pub fn train_peer<B: KernelAutodiffBackend>(
     };
     let device = model.embed_tokens.device();
     let mut model = model;
-    let mut optim = config.optimizer.adamw().init::<B, Llama<B>>();
+    // As on one device: AdamW without its own decay, the step decays toward the start instead.
+    let mut optim = config.optimizer.adamw().with_weight_decay(0.0).init::<B, Llama<B>>();
+    let decay = DecayToward { anchors: &start.anchors, rate: config.optimizer.weight_decay as f64 };
     let params = trainable_params(&model);
     let shapes = trainable_shapes(&model);
     let schedule = &config.schedule;
@@ -166,20 +168,25 @@ pub fn train_peer<B: KernelAutodiffBackend>(
         B::seed(&device, config.data.seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
         let lr = schedule.lr_at(step);
         let mut accumulator = GradientsAccumulator::<Llama<B>>::new();
-        let (mut loss_part, mut penalty_value, mut step_tokens) = (0.0, 0.0, 0);
+        let (mut loss_part, mut penalty_value) = (0.0, 0.0);
         let mut penalty_pending = rank == 0 && penalty.is_some();
-        for _ in 0..micro {
-            let picked: Vec<&Sequence> = shuffler.next_batch(config.data.batch_size).into_iter().map(|i| &data.sequences[i]).collect();
-            let total: usize = picked.iter().map(|s| s.num_targets()).sum();
-            step_tokens += total;
+        // Every peer picks the same micro-batches; the step's loss is the token mean over all
+        // of them (as on one device), so each share is weighted by its tokens over the step's.
+        let picked: Vec<Vec<&Sequence>> =
+            (0..micro).map(|_| shuffler.next_batch(config.data.batch_size).into_iter().map(|i| &data.sequences[i]).collect()).collect();
+        let step_tokens: usize = picked.iter().flatten().map(|s| s.num_targets()).sum();
+        for picked in &picked {
             let mine = &picked[share(picked.len(), rank, world)];
             if mine.is_empty() {
                 continue;
             }
             let batch = Batch::<B>::new(mine, &device);
             let objective = lm_objective(&model, &batch, true, false);
-            // This share's part of the micro-batch's token mean, and of the mean over micro-batches.
-            let weight = batch.num_targets as f64 / total.max(1) as f64 / micro as f64;
+            let weight = if step_tokens == 0 {
+                mine.len() as f64 / picked.len() as f64 / micro as f64
+            } else {
+                batch.num_targets as f64 / step_tokens as f64
+            };
             let mut objective_total = objective.surrogate.mul_scalar(weight);
             loss_part += objective.nll * weight;
             if let (true, Some((prior, scale))) = (penalty_pending, penalty) {
@@ -205,7 +212,13 @@ pub fn train_peer<B: KernelAutodiffBackend>(
             return Err(Error::Numerical(format!("step {}: {what}; stopped. Lower --lr or --lambda.", step + 1)));
         }
         let grad_norm = clip_global_norm::<B>(&mut grads, &params, config.optimizer.clip);
+        // As on one device: a non-finite gradient would poison the optimiser's moments.
+        if !grad_norm.is_finite() {
+            return Err(Error::Numerical(format!("step {}: gradient norm is {grad_norm}; stopped. Lower --lr or --lambda.", step + 1)));
+        }
+        let offsets = decay.offsets(&model);
         model = optim.step(lr, model, grads);
+        model = decay.apply(model, lr, offsets);
 
         let done = step + 1;
         report.tokens += step_tokens;
