@@ -35,7 +35,7 @@ use crate::llama::Llama;
 use crate::lora::LoraConfig;
 use crate::progress::Progress;
 use crate::train::{
-    clip_global_norm, lm_objective, trainable_params, DecayToward, EvalPoint, Penalty, RunConfig, TrainConfig, TrainData, TrainReport,
+    clip_global_norm, lm_objective, trainable_params, DecayToward, EvalPoint, RunConfig, TrainConfig, TrainData, TrainReport,
 };
 use crate::KernelAutodiffBackend;
 
@@ -135,14 +135,7 @@ pub fn train_peer<B: KernelAutodiffBackend>(
     let (rank, world) = (peer.rank(), peer.world());
     // The starting adapters: the centre of the l2 penalty and of the weight decay.
     let start = LaplacePrior::isotropic(&model, 1.0);
-    let penalty = match config.penalty {
-        Penalty::None => None,
-        Penalty::L2 { lambda } => Some((&start, lambda / 2.0)),
-        Penalty::Laplace { lambda } => {
-            let prior = prior.ok_or_else(|| Error::arg("laplace", "the laplace penalty needs a fitted or loaded prior"))?;
-            Some((prior, lambda / 2.0))
-        }
-    };
+    let penalty = config.penalty.term(&start, prior)?;
     let run = match run_dir.filter(|_| rank == 0) {
         Some(dir) => Some(RunLog::new(dir, &RunConfig::new(lora.clone(), config.clone()))?),
         None => None,

@@ -6,9 +6,11 @@
 
 use burn::config::Config;
 use burn::optim::AdamWConfig;
+use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::laplace::LaplacePrior;
 use crate::lora::LoraConfig;
 
 /// How the adapters are held near their start.
@@ -31,6 +33,26 @@ pub enum Penalty {
 }
 
 impl Penalty {
+    /// The prior and the factor (lambda / 2) a training step adds: `start` (the starting
+    /// adapters, isotropic) for l2, `prior` for the Laplace penalty, nothing for plain LoRA.
+    ///
+    /// # Errors
+    /// The Laplace penalty without a prior.
+    pub(crate) fn term<'a, B: Backend>(
+        self,
+        start: &'a LaplacePrior<B>,
+        prior: Option<&'a LaplacePrior<B>>,
+    ) -> Result<Option<(&'a LaplacePrior<B>, f64)>, Error> {
+        Ok(match self {
+            Penalty::None => None,
+            Penalty::L2 { lambda } => Some((start, lambda / 2.0)),
+            Penalty::Laplace { lambda } => {
+                let prior = prior.ok_or_else(|| Error::arg("laplace", "the laplace penalty needs a fitted or loaded prior"))?;
+                Some((prior, lambda / 2.0))
+            }
+        })
+    }
+
     /// `lora`, `l2` or `lalora`: the method's name in reports.
     pub fn method_name(&self) -> &'static str {
         match self {

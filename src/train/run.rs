@@ -117,14 +117,7 @@ pub(crate) fn train<B: KernelAutodiffBackend>(
     }
     // The starting adapters: the centre of the l2 penalty and of the weight decay.
     let start = LaplacePrior::isotropic(&model, 1.0);
-    let prior = match config.penalty {
-        Penalty::None => None,
-        Penalty::L2 { lambda } => Some((&start, lambda / 2.0)),
-        Penalty::Laplace { lambda } => {
-            let prior = prior.ok_or_else(|| Error::arg("laplace", "the laplace penalty needs a fitted or loaded prior"))?;
-            Some((prior, lambda / 2.0))
-        }
-    };
+    let prior = config.penalty.term(&start, prior)?;
     check_sequences(&model, data.sequences)?;
     if control.resume && control.run_dir.is_none() {
         return Err(Error::arg("resume", "needs a run directory"));
