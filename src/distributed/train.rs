@@ -2,11 +2,11 @@
 //! one all-reduce sums the shares, and every peer takes the same optimiser step.
 //!
 //! # Why the sum equals one device's gradient
-//! One device's step minimises `(1/M) sum_m (1/N_m) sum_{t in m} nll_t` over its M
-//! micro-batches (N_m loss-carrying tokens in micro-batch m) plus the penalty. Every peer
-//! builds the same micro-batches (same shuffler, same seed) and takes a contiguous share of
-//! each one's sequences; its objective is `(1/M) sum_m (1/N_m) sum_{t in its share} nll_t`,
-//! the penalty being added by peer 0 only. Summing the peers' gradients gives one device's
+//! One device's step minimises `(1/N) sum_m sum_{t in m} nll_t` over its micro-batches (N
+//! loss-carrying tokens in the whole step) plus the penalty. Every peer builds the same
+//! micro-batches (same shuffler, same seed) and takes a contiguous share of each one's
+//! sequences; its objective is `(1/N) sum_m sum_{t in its share of m} nll_t`, the penalty
+//! being added by peer 0 only. Summing the peers' gradients gives one device's
 //! gradient exactly (up to float rounding); a mean of per-peer means would not. Clipping and
 //! AdamW then act on identical gradients, so the adapters stay identical on every peer
 //! without a broadcast.
