@@ -1,5 +1,5 @@
 //! Continual LaLoRA on the library API: learn three bundled target tasks one after another
-//! (arithmetic, codes, trade) with sequential LoRA, LaLoRA under the source prior only, and
+//! (arithmetic, envoys, trade) with sequential LoRA, LaLoRA under the source prior only, and
 //! LaLoRA with the prior accumulated over the tasks, and print the retention matrix of each
 //! (the score on every source and every target after every stage).
 //!

@@ -374,16 +374,16 @@ mod tests {
     #[test]
     fn retention_heat_maps_name_methods_tasks_and_stages() {
         let dir = scratch("retention");
-        let mut lora = crate::continual::RetentionMatrix::new("lora", &["facts".into()], &["arithmetic".into(), "codes".into()]);
+        let mut lora = crate::continual::RetentionMatrix::new("lora", &["facts".into()], &["arithmetic".into(), "envoys".into()]);
         lora.push("start", vec![0.95, 0.05, 0.0]);
         lora.push("arithmetic", vec![0.6, 0.5, 0.02]);
-        lora.push("codes", vec![0.4, 0.2, 0.81]);
+        lora.push("envoys", vec![0.4, 0.2, 0.81]);
         let mut other = lora.clone();
         other.method = "lalora-accumulated".into();
         let (svg, png) = (dir.join("r.svg"), dir.join("r.png"));
         write_retention(&[lora, other], &svg, &png).unwrap_or_else(|e| panic!("write_retention: {e}"));
         let svg_text = fs::read_to_string(&svg).unwrap_or_default();
-        for text in ["lora", "lalora-accumulated", "facts", "codes", "arithmetic", "start", "0.81"] {
+        for text in ["lora", "lalora-accumulated", "facts", "envoys", "arithmetic", "start", "0.81"] {
             assert!(svg_text.contains(text), "SVG misses {text}");
         }
         assert!(fs::read(&png).unwrap_or_default().starts_with(b"\x89PNG\r\n\x1a\n"));

@@ -27,15 +27,15 @@ impl GenerationItem {
     }
 }
 
-/// The answer in a model's output: what follows the last `####` (up to the end of the line),
-/// else the last number in the text. Commas inside numbers and a trailing period are dropped.
+/// The answer in a model's output: what follows the last `####` up to the end of the line
+/// (answers may be several words, e.g. "Queen Zovi"), else the last number in the text.
+/// Commas and a trailing period are dropped.
 pub fn extract_answer(text: &str) -> Option<String> {
     let clean = |s: &str| s.trim().trim_end_matches('.').replace(',', "");
     if let Some(i) = text.rfind("####") {
-        let rest = text[i + 4..].lines().next().unwrap_or("").trim();
-        let first = rest.split_whitespace().next().unwrap_or("");
-        if !first.is_empty() {
-            return Some(clean(first));
+        let rest = clean(text[i + 4..].lines().next().unwrap_or(""));
+        if !rest.is_empty() {
+            return Some(rest);
         }
     }
     last_number(text).map(|n| clean(&n))
@@ -60,14 +60,22 @@ fn last_number(text: &str) -> Option<String> {
     Some(chars[start..end].iter().collect::<String>().trim_start_matches(['.', ',']).to_string())
 }
 
-/// Whether an extracted answer equals the reference: numerically when both are numbers,
-/// else as trimmed text.
+/// Whether an extracted answer equals the reference: its first words (as many as the
+/// reference has, so anything the model adds after the answer is ignored) equal the
+/// reference's, numerically for a one-number reference. Commas and periods that end a word
+/// are ignored.
 pub fn answers_match(extracted: &str, expected: &str) -> bool {
-    let (a, b) = (extracted.trim().replace(',', ""), expected.trim().replace(',', ""));
-    match (a.parse::<f64>(), b.parse::<f64>()) {
-        (Ok(x), Ok(y)) => (x - y).abs() < 1e-9,
-        _ => a == b,
+    let words = |s: &str| -> Vec<String> { s.split_whitespace().map(|w| w.trim_end_matches('.').replace(',', "")).collect() };
+    let (ours, reference) = (words(extracted), words(expected));
+    if ours.len() < reference.len() || reference.is_empty() {
+        return false;
     }
+    if let ([number], Ok(x)) = (reference.as_slice(), ours[0].parse::<f64>()) {
+        if let Ok(y) = number.parse::<f64>() {
+            return (x - y).abs() < 1e-9;
+        }
+    }
+    ours[..reference.len()] == reference[..]
 }
 
 /// Fraction of items whose greedy generation contains the right answer. Decoding stops at an
@@ -122,5 +130,13 @@ mod tests {
         assert!(answers_match("5.0", "5"));
         assert!(!answers_match("6", "5"));
         assert!(answers_match("abc", " abc "));
+        // Several words, and words the model adds after the answer.
+        assert_eq!(extract_answer(" The ruler of Bribis is Queen Zovi. #### Queen Zovi.").as_deref(), Some("Queen Zovi"));
+        assert!(answers_match("Queen Zovi", "Queen Zovi"));
+        assert!(!answers_match("Queen", "Queen Zovi"));
+        assert!(!answers_match("Queen Lura", "Queen Zovi"));
+        assert!(answers_match("5. And then 6", "5"));
+        assert!(answers_match("honey honey", "honey"));
+        assert!(!answers_match("", "5"));
     }
 }

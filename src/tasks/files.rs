@@ -20,7 +20,7 @@ pub struct TaskFiles {
     pub target_train: PathBuf,
     /// `target-arithmetic.test.jsonl`: `{"prompt","answer"}` lines.
     pub target_eval: PathBuf,
-    /// Every target task in continual-learning order (`arithmetic`, `codes`, `trade`): its
+    /// Every target task in continual-learning order (`arithmetic`, `envoys`, `trade`): its
     /// name, its `{"prompt","completion"}` training file and its `{"prompt","answer"}` test file.
     pub targets: Vec<(String, PathBuf, PathBuf)>,
     /// Texts to train the BPE tokenizer on: the pretraining corpus and the arithmetic target's
@@ -112,10 +112,7 @@ fn readme(seed: u64, sources: &[Task], targets: &[Task]) -> String {
     );
     for task in &targets[1..] {
         let about = match task.name.as_str() {
-            "codes" => {
-                "the three-letter code of a name (its first letters in capitals); trained on invented names,\n  \
-                 tested on the countries and capitals of the facts world"
-            }
+            "envoys" => "whom an envoy from one country to another meets (the receiving country's ruler, a fact)",
             _ => "which main export a country receives when another ships it one (the sender's export, a fact)",
         };
         let [train, test] = task.splits();
@@ -170,7 +167,7 @@ mod tests {
         assert_eq!(read_records(&files.target_eval), target.eval);
         assert_eq!(files.tokenizer_corpus.len(), pretrain.len() + target.train.len());
         let names: Vec<&str> = files.targets.iter().map(|(n, _, _)| n.as_str()).collect();
-        assert_eq!(names, ["arithmetic", "codes", "trade"]);
+        assert_eq!(names, ["arithmetic", "envoys", "trade"]);
         for ((name, train, test), task) in files.targets.iter().zip(target_tasks(42, &sizes)) {
             assert_eq!(*train, dir.join(format!("target-{name}.train.jsonl")));
             assert_eq!(read_records(train), task.train);

@@ -12,23 +12,22 @@
 //! notation; it does state small sums in words (the *background* `numbers` knowledge), so
 //! fine-tuning teaches a format on top of knowledge the model has, as with a real LLM.
 //!
-//! Two more targets make a sequence for continual learning ([`target_tasks`]): `codes`
-//! (three-letter codes of names, a rule built on the `strings` skill) and `trade` (which
-//! export a country receives in a shipment story, built on the `facts` knowledge).
+//! Two more targets make a sequence for continual learning ([`target_tasks`]): `envoys`
+//! (whom an envoy meets: the ruler of the country travelled to) and `trade` (which export a
+//! country receives in a shipment story), both stories built on the `facts` knowledge.
 //!
 //! Everything is a pure function of the seed: each part draws from its own
 //! [`rand::rngs::StdRng`] stream, and the versions pinned in `Cargo.lock` make the output
 //! byte-identical on every platform. [`write_tasks`] writes the JSONL files lalora reads.
 
 mod arithmetic;
-mod codes;
 mod facts;
 mod files;
 mod grammar;
 mod numbers;
 mod sampling;
+mod stories;
 mod strings;
-mod trade;
 mod words;
 
 pub use crate::data::Record;
@@ -204,11 +203,11 @@ pub fn target_task(seed: u64, sizes: &TaskSizes) -> Task {
     arithmetic::arithmetic_task(seed, &sizes.generated()).cut(sizes)
 }
 
-/// Every target task, in the order a continual run learns them: `arithmetic`, `codes`,
+/// Every target task, in the order a continual run learns them: `arithmetic`, `envoys`,
 /// `trade`. The first is [`target_task`]; the others are cut to the same target sizes.
 pub fn target_tasks(seed: u64, sizes: &TaskSizes) -> Vec<Task> {
     let all = sizes.generated();
-    vec![target_task(seed, sizes), codes::codes_task(seed, &all).cut(sizes), trade::trade_task(seed, &all).cut(sizes)]
+    vec![target_task(seed, sizes), stories::ENVOYS.task(seed, &all).cut(sizes), stories::TRADE.task(seed, &all).cut(sizes)]
 }
 
 /// The base model's pretraining texts: every source's `pretrain` texts, interleaved one

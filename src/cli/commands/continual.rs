@@ -40,7 +40,7 @@ pub struct ContinualArgs {
     tasks: Option<PathBuf>,
     /// Bundled targets to learn, in order (from the tasks directory). (Not `--targets`: that
     /// flag names the adapted projections.)
-    #[arg(long, value_delimiter = ',', default_value = "arithmetic,codes,trade")]
+    #[arg(long, value_delimiter = ',', default_value = "arithmetic,envoys,trade")]
     sequence: Vec<String>,
     /// Bundled source skills (their `.train` files fit the source prior, their `.eval` files
     /// measure forgetting).

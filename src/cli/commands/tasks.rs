@@ -1,5 +1,5 @@
 //! `lalora tasks`: write the bundled synthetic source skills and the target tasks (arithmetic,
-//! and codes and trade for continual learning) as JSONL files.
+//! and envoys and trade for continual learning) as JSONL files.
 
 use std::path::PathBuf;
 
