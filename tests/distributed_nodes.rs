@@ -2,7 +2,8 @@
 //! several machines): `lalora train` and `lalora laplace` started twice with `--nodes 2` and
 //! ranks 0 and 1 give the adapters and the curvature of one process on the whole batch. Each
 //! pair of processes is bounded: a collective timeout makes a stuck call an error, and the
-//! test kills both processes if they outlive a deadline. Cargo features `cli` and `distributed`.
+//! test kills both processes if they outlive a deadline. A node whose coordinator never answers
+//! stops with an error naming it. Cargo features `cli` and `distributed`.
 
 mod common;
 
@@ -145,4 +146,23 @@ fn two_processes_on_loopback_fit_the_curvature_of_one() {
     let meta = |prior: &Path| std::fs::read_to_string(prior.join("laplace.json")).unwrap();
     let tokens = |text: String| serde_json::from_str::<serde_json::Value>(&text).unwrap()["tokens"].clone();
     assert_eq!(tokens(meta(&nodes)), tokens(meta(&alone)), "both fits saw the same tokens");
+}
+
+#[test]
+fn a_node_whose_coordinator_is_unreachable_stops_with_an_error_within_the_timeout() {
+    let (model, _, target) = cli_workspace("nodes-unreachable");
+    let mut args = small_train_args(&model, &target, &model.join("run"));
+    // Rank 1 alone: nobody listens on the master port.
+    let port = {
+        let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        free_ports()
+    };
+    args.extend(["--nodes", "2", "--node-rank", "1", "--master-port", &port.to_string(), "--collective-timeout", "3"].map(String::from));
+    let clock = Instant::now();
+    let output = spawn(&args).wait_with_output().unwrap();
+    let (elapsed, stderr) = (clock.elapsed(), String::from_utf8_lossy(&output.stderr));
+    println!("the lone node stopped after {:.2} s: {}", elapsed.as_secs_f64(), stderr.trim());
+    assert!(!output.status.success());
+    assert!(stderr.contains(&format!("coordinator at 127.0.0.1:{port}")) && stderr.contains("within 3 s"), "{stderr}");
+    assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
 }
