@@ -225,7 +225,8 @@ fn draw_retention<DB: DrawingBackend>(matrices: &[crate::continual::RetentionMat
                 .x_label_area_size(40)
                 .y_label_area_size(90)
                 .build_cartesian_2d(0.0..cols as f64, rows as f64..0.0)?;
-            let tasks = matrix.tasks.clone();
+            // Short column names: six or more columns share a third of the figure's width.
+            let tasks: Vec<String> = matrix.tasks.iter().map(|t| t.strip_prefix("source-").unwrap_or(t).to_string()).collect();
             let stages = matrix.stages.clone();
             let name = |names: &[String], v: f64| {
                 let i = v.floor() as usize;
@@ -243,7 +244,7 @@ fn draw_retention<DB: DrawingBackend>(matrices: &[crate::continual::RetentionMat
                 .x_label_formatter(&|v| name(&tasks, *v))
                 .y_label_formatter(&|v| name(&stages, *v))
                 .label_style((FONT_FAMILY, 12))
-                .x_desc("score on")
+                .x_desc("score on (sources, then targets)")
                 .y_desc("after stage")
                 .axis_desc_style((FONT_FAMILY, 13))
                 .draw()?;
