@@ -170,10 +170,7 @@ fn assert_matches_matrix(what: &str, curvature: &Curvature<AB>, reference: &Mat,
     let (t_a, t_b) = (tensor::<AB>(&d_a).require_grad(), tensor::<AB>(&d_b).require_grad());
     let value = curvature.quadratic(0, t_a.clone(), t_b.clone());
     let got_value = values(&value)[0];
-    assert!(
-        (got_value - expected_value).abs() <= tol * expected_value.abs(),
-        "{what}: quadratic {got_value} vs explicit {expected_value}"
-    );
+    assert!((got_value - expected_value).abs() <= tol * expected_value.abs(), "{what}: quadratic {got_value} vs explicit {expected_value}");
     let grads = value.backward();
     let gradient: Vec<f64> = values(&t_a.grad(&grads).unwrap()).into_iter().chain(values(&t_b.grad(&grads).unwrap())).collect();
     let twice: Vec<f64> = fv.data.iter().map(|x| 2.0 * x).collect();
@@ -241,7 +238,9 @@ fn with_all_the_spectrum_kept_the_penalty_is_the_full_one() {
     let (x_a, g_b) = (gram(4, d_in, &mut rng), gram(3, d_out, &mut rng));
     let c = compress_curvature(Curvature::Kfac(vec![kfac_block("m", &x_a, &g_a, &x_b, &g_b)]), 5).unwrap();
     let Curvature::LowRank(blocks) = &c else { panic!("compressed") };
-    assert!(matches!(blocks[0].x_a, lalora::curvature::Factor::LowRank(_)) && matches!(blocks[0].g_b, lalora::curvature::Factor::LowRank(_)));
+    assert!(
+        matches!(blocks[0].x_a, lalora::curvature::Factor::LowRank(_)) && matches!(blocks[0].g_b, lalora::curvature::Factor::LowRank(_))
+    );
     assert_matches_matrix("kfac of rank <= k", &c, &joint(&x_a, &g_a, &x_b, &g_b, None), shapes, 1e-5, 4);
 }
 
@@ -338,7 +337,10 @@ fn a_fit_with_factor_rank_is_the_compressed_full_fit_and_survives_save_and_load(
         let json = std::fs::read_to_string(dir.join("laplace.json")).unwrap();
         assert!(json.contains("\"factor_rank\": 16"), "laplace.json records the factor rank: {json}");
         let loaded = LaplacePrior::load(&dir, &model).unwrap();
-        assert_eq!(loaded.meta, Some(lalora::laplace::LaplaceMeta { files: loaded.meta.as_ref().unwrap().files.clone(), ..low.meta.clone().unwrap() }));
+        assert_eq!(
+            loaded.meta,
+            Some(lalora::laplace::LaplaceMeta { files: loaded.meta.as_ref().unwrap().files.clone(), ..low.meta.clone().unwrap() })
+        );
         let (before, after) = (values(&low.penalty(&model, 1.0).value)[0], values(&loaded.penalty(&model, 1.0).value)[0]);
         assert_eq!(before, after, "{}: penalty after save -> load", estimator.name());
         let names: Vec<String> = loaded.curvature.as_ref().unwrap().tensors().into_iter().map(|(n, _)| n).collect();
