@@ -21,6 +21,8 @@ use lalora::curvature::Curvature;
 use lalora::{AdapterSource, LaLoRA, LaplacePrior};
 
 type B = lalora_backends::Backend;
+/// `(dA, dB)` of every adapter.
+type Displacement = Vec<(Tensor<B, 2>, Tensor<B, 2>)>;
 
 fn main() -> lalora::Result<()> {
     let prior_dir = PathBuf::from(flag("--prior").expect("--prior DIR (a prior fitted with full factors)"));
@@ -40,7 +42,7 @@ fn main() -> lalora::Result<()> {
     }
     let shapes: Vec<([usize; 2], [usize; 2])> = prior.anchors.iter().map(|a| (a.a.dims(), a.b.dims())).collect();
 
-    let mut displacements: Vec<(&str, Vec<(Tensor<B, 2>, Tensor<B, 2>)>)> = vec![("gaussian", gaussian(&shapes, &device))];
+    let mut displacements: Vec<(&str, Displacement)> = vec![("gaussian", gaussian(&shapes, &device))];
     if let Some(dir) = flag("--adapter") {
         let tuned = LaLoRA::<B>::load(&model_dir, AdapterSource::Peft(Path::new(&dir).to_path_buf()), &device)?;
         let d = tuned

@@ -141,8 +141,12 @@ pub fn run(args: LaplaceArgs, flags: &Flags) -> anyhow::Result<()> {
     lalora.save_prior(&args.out)?;
     write_json_atomic(&args.out.join("run.json"), flags)?;
     let size = std::fs::metadata(args.out.join("curvature.safetensors")).map(|m| m.len()).unwrap_or(0);
+    let factors = match config.factor_rank {
+        Some(k) if args.curvature != Estimator::Diag => format!(", factors above {k} x {k} kept at rank {k}"),
+        _ => String::new(),
+    };
     println!(
-        "{} ({} Fisher) on {} tokens from {} batches in {:.1} s ({:.2} s/batch); curvature.safetensors {:.1} MiB -> {}",
+        "{}{factors} ({} Fisher) on {} tokens from {} batches in {:.1} s ({:.2} s/batch); curvature.safetensors {:.1} MiB -> {}",
         args.curvature.name(),
         config.fisher.name(),
         report.tokens,
