@@ -374,3 +374,28 @@ fn memory_counts_compressed_factors() {
     assert_eq!(m.stored_values, 2 * ((c + 8 + c) + (c + 8 + 16)));
     assert_eq!(m.shared_values, m.stored_values - 2 * c);
 }
+
+#[test]
+fn randomized_eigenpairs_match_the_known_top_eigenspace() {
+    use lalora::curvature::Factor;
+    let dense = |f: &Factor<AB>| match f {
+        Factor::Dense(m) => Mat::from_tensor(m),
+        Factor::LowRank(f) => {
+            let (u, s, rem) = (Mat::from_tensor(&f.vectors), values(&f.values), values(&f.remainder));
+            add(&mul(&mul(&u, &diagonal(&s)), &transpose(&u)), &diagonal(&rem))
+        }
+    };
+    let mut rng = Normals(0x0bad_cafe);
+    // Eigenvalues l_i = 3 (1 + i)^-1.5, block l = 2k + 8 = 18: the subspace error shrinks like
+    // (l_18 / l_4)^(iterations + 1) = ((5/19)^1.5)^7 ~ 1e-6, so the kept part matches the known
+    // compression to f32 accuracy.
+    let (d, k) = (48, 5);
+    let m = known(d, k, 3.0, &mut rng);
+    let (f, u) = Factor::compress_randomized(tensor::<AB>(&m.m), k);
+    assert_mat_close("randomized k=5 vs the known compression", &dense(&f), &m.compressed, 1e-4);
+    assert_eq!(u.unwrap().shape(), (d, k));
+    // A factor of rank <= k is recovered exactly.
+    let low = gram(3, d, &mut rng);
+    let (f, _) = Factor::compress_randomized(tensor::<AB>(&low), k);
+    assert_mat_close("randomized, rank 3 <= k", &dense(&f), &low, 1e-5);
+}
