@@ -93,6 +93,10 @@ pub fn run(args: LaplaceArgs, flags: &Flags) -> anyhow::Result<()> {
         .with_seed(args.seed)
         .with_factor_rank(args.factor_rank.filter(|&k| k > 0));
     config.validate()?;
+    if args.accumulate.is_some() && config.factor_rank.is_some() {
+        // Refused before the fit rather than after it.
+        return Err(lalora::curvature::low_rank::sum_unsupported().into());
+    }
     let adapters = match &args.model.adapter {
         Some(dir) => AdapterSource::Peft(dir.clone()),
         None => AdapterSource::Fresh(args.lora.config(args.seed)),
