@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::continual::{term_weights, PriorTerm};
 use crate::curvature::accumulate::Accumulator;
 use crate::curvature::capture::{adapter_infos, capture_batch};
+use crate::curvature::low_rank::compress_curvature;
 use crate::curvature::{inner, Curvature, CurvatureSum, Estimator, FisherType};
 use crate::data::{lm_sequences_with, permutation, Batch, LmOptions, Sequence};
 use crate::error::Error;
@@ -57,6 +58,11 @@ pub struct LaplaceConfig {
     /// Seed of the data order and of the label sampler. Default 0.
     #[config(default = 0)]
     pub seed: u64,
+    /// Keep every kfac / tri-kfac Kronecker factor larger than k as its top-k eigenpairs plus
+    /// a diagonal remainder (see [`crate::curvature::low_rank`]): the stored prior and the
+    /// penalty then need no `[d, d]` matrix. Default `None`: every factor full.
+    #[config(default = "None")]
+    pub factor_rank: Option<usize>,
 }
 
 impl LaplaceConfig {
@@ -73,6 +79,9 @@ impl LaplaceConfig {
         }
         if !(self.prior_precision.is_finite() && self.prior_precision >= 0.0) {
             return Err(Error::arg("prior-precision", "must be a non-negative number"));
+        }
+        if self.factor_rank == Some(0) {
+            return Err(Error::arg("factor-rank", "must be at least 1 (None means full factors)"));
         }
         Ok(())
     }
@@ -139,6 +148,11 @@ pub struct LaplaceMeta {
     pub seed: u64,
     /// lalora version that wrote it.
     pub lalora_version: String,
+    /// kfac / tri-kfac factors larger than this are stored low-rank
+    /// ([`crate::curvature::low_rank`]); absent: every factor full (as in files written before
+    /// low-rank factors existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factor_rank: Option<usize>,
     /// For a prior accumulated over several fits (continual learning, see
     /// [`crate::continual`]): each fit and its weight in the curvature, oldest first. Empty for
     /// a single fit. When `curvature.safetensors` holds a sum (`terms.{k}.` names), entry k
@@ -327,11 +341,17 @@ impl<B: Backend> LaplacePrior<B> {
         let device = anchor_model.embed_tokens.device();
         let read = |name: &str, shape: [usize; 2]| Ok(Tensor::from_data(files.read_f32(name, &shape)?, &device));
         let curvature = if files.names().iter().any(|n| n.starts_with("terms.")) {
+            if meta.factor_rank.is_some() {
+                return Err(Error::Mismatch {
+                    path: dir.join("laplace.json"),
+                    reason: crate::curvature::low_rank::sum_unsupported().to_string(),
+                });
+            }
             // A curvature accumulated over tasks, kept as a sum of terms (see `curvature::sum`).
             let weights = term_weights(&meta, &dir.join("laplace.json"))?;
             Curvature::Sum(CurvatureSum::from_tensors(meta.curvature, &weights, &adapter_infos(anchor_model), read)?)
         } else {
-            Curvature::from_tensors(meta.curvature, &adapter_infos(anchor_model), read)?
+            Curvature::from_tensors_at(meta.curvature, &adapter_infos(anchor_model), meta.factor_rank, read)?
         };
         let expected: usize = curvature.tensors().len();
         if files.names().len() != expected {
@@ -464,10 +484,14 @@ pub fn fit<B: KernelAutodiffBackend>(
         return Err(Error::EmptyData { path: "<source data>".into(), reason: "no loss-carrying tokens to fit on".into() });
     }
     let meta = fit_meta(lora, sources, config, tokens);
+    let curvature = match meta.factor_rank {
+        Some(k) => compress_curvature(acc.finish(), k)?,
+        None => acc.finish(),
+    };
     // Statistics were summed on the inner backend (no graph); the prior lives on the model's.
     let inner = LaplacePrior {
         anchors: anchors_of(&model.valid()),
-        curvature: Some(acc.finish()),
+        curvature: Some(curvature),
         prior_precision: config.prior_precision,
         meta: Some(meta),
     };
@@ -495,6 +519,8 @@ pub(crate) fn fit_meta(lora: &LoraConfig, sources: &[SourceData], config: &Lapla
         max_len: config.max_len,
         seed: config.seed,
         lalora_version: env!("CARGO_PKG_VERSION").to_string(),
+        // The diagonal has no Kronecker factors: a factor rank means nothing there.
+        factor_rank: if config.estimator == Estimator::Diag { None } else { config.factor_rank },
         terms: Vec::new(),
         files: BTreeMap::new(),
     }

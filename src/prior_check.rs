@@ -60,6 +60,9 @@ pub(crate) fn check_meta_values(path: &Path, meta: &LaplaceMeta) -> Result<()> {
     if meta.rank == 0 {
         return Err(Error::config(path, "rank", "must be at least 1"));
     }
+    if meta.factor_rank == Some(0) {
+        return Err(Error::config(path, "factor_rank", "must be at least 1 (leave it out for full factors)"));
+    }
     if !(meta.alpha.is_finite() && meta.alpha > 0.0) {
         return Err(Error::config(path, "alpha", "must be a positive number"));
     }

@@ -88,6 +88,7 @@ fn add_block(p: &mut Mat, curvature: &Curvature<AB>, i: usize, na: usize, weight
             put(0, na, &Mat::from_tensor(&b[i].g_ab).kron(&Mat::from_tensor(&b[i].x_ab)), true);
         }
         Curvature::Sum(_) => panic!("the reference is built from plain fits only"),
+        Curvature::LowRank(_) => panic!("the reference is built from full factors only"),
     }
 }
 

@@ -96,6 +96,8 @@ fn explicit_quadratic(prior: &LaplacePrior<AB>, model: &Llama<AB>) -> f64 {
             }
             // Sums over tasks are tested in tests/continual.rs.
             Curvature::Sum(_) => panic!("a single fit is never a sum"),
+            // Low-rank factors are tested in tests/low_rank.rs.
+            Curvature::LowRank(_) => panic!("these fits use full factors"),
         }
         for k in 0..n {
             p.data[k * n + k] += prior.prior_precision;

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use super::low_rank::stored_values;
 use super::Estimator;
 use crate::llama::{LlamaConfig, Projection};
 use crate::lora::LoraConfig;
@@ -11,6 +12,9 @@ use crate::lora::LoraConfig;
 pub struct CurvatureMemory {
     /// Estimator name.
     pub estimator: &'static str,
+    /// Kronecker factors larger than this are kept low-rank (absent: every factor full).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub factor_rank: Option<usize>,
     /// Number of f32 values as stored in `curvature.safetensors` (every adapter its own X_A).
     pub stored_values: u64,
     /// Number of f32 values when q/k/v and gate/up share one X_A in memory.
@@ -30,23 +34,37 @@ impl CurvatureMemory {
     }
 }
 
-/// Memory of `estimator` for `config` with adapters as `lora` says.
+/// Memory of `estimator` for `config` with adapters as `lora` says, every factor full.
 pub fn curvature_memory(config: &LlamaConfig, lora: &LoraConfig, estimator: Estimator) -> CurvatureMemory {
+    curvature_memory_at(config, lora, estimator, None)
+}
+
+/// Memory of `estimator` for `config` with adapters as `lora` says, the kfac / tri-kfac factors
+/// larger than `factor_rank` kept as top-k eigenpairs plus a diagonal
+/// ([`super::low_rank`]). A diagonal ignores `factor_rank`.
+pub fn curvature_memory_at(config: &LlamaConfig, lora: &LoraConfig, estimator: Estimator, factor_rank: Option<usize>) -> CurvatureMemory {
+    let factor_rank = if estimator == Estimator::Diag { None } else { factor_rank };
     let r = lora.rank as u64;
     let (mut stored, mut shared, mut params) = (0u64, 0u64, 0u64);
     for projection in Projection::ALL.into_iter().filter(|&p| lora.wants(p)) {
         let [d_out, d_in] = projection.dims(config).map(|d| d as u64);
         params += r * (d_in + d_out);
-        let values = estimator.values_per_adapter(d_out, d_in, r);
+        // The dense X_A and G_B replaced by what a compressed factor stores.
+        let x_a = stored_values(d_in, factor_rank);
+        let mut values = estimator.values_per_adapter(d_out, d_in, r);
+        if estimator != Estimator::Diag {
+            values = values - d_in * d_in - d_out * d_out + x_a + stored_values(d_out, factor_rank);
+        }
         stored += values;
         // X_A is shared by the targets that read the same input: count it once per group.
         let group = projection.input_group();
         let first_of_group = !Projection::ALL.into_iter().any(|t| t < projection && t.input_group() == group && lora.wants(t));
-        shared += if estimator != Estimator::Diag && !first_of_group { values - d_in * d_in } else { values };
+        shared += if estimator != Estimator::Diag && !first_of_group { values - x_a } else { values };
     }
     let layers = config.num_hidden_layers as u64;
     CurvatureMemory {
         estimator: estimator.name(),
+        factor_rank,
         stored_values: stored * layers,
         shared_values: shared * layers,
         lora_params: params * layers,

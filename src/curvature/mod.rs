@@ -8,6 +8,7 @@
 
 pub mod accumulate;
 pub mod capture;
+pub mod low_rank;
 pub mod math;
 pub mod memory;
 
@@ -20,6 +21,7 @@ pub use accumulate::{Accumulator, AdapterInfo, AdapterStats};
 pub use capture::{adapter_infos, capture_batch, tap_stats, FisherType};
 pub use diag::DiagBlock;
 pub use kfac::KfacBlock;
+pub use low_rank::{Factor, LowRankBlock, LowRankFactor};
 pub use sum::{CurvatureSum, KroneckerTerm};
 pub use tri_kfac::TriKfacBlock;
 
@@ -78,6 +80,9 @@ pub enum Curvature<B: Backend> {
     /// A weighted sum of B-KFAC or B-Tri-KFAC curvatures, kept term by term: a prior
     /// accumulated over tasks (see [`sum`]).
     Sum(CurvatureSum<B>),
+    /// B-KFAC or B-Tri-KFAC with the large Kronecker factors kept low-rank (`--factor-rank`,
+    /// see [`low_rank`]).
+    LowRank(Vec<LowRankBlock<B>>),
 }
 
 impl<B: Backend> Curvature<B> {
@@ -91,6 +96,7 @@ impl<B: Backend> Curvature<B> {
                 KroneckerTerm::Kfac(_) => Estimator::Kfac,
                 KroneckerTerm::TriKfac(_) => Estimator::TriKfac,
             },
+            Curvature::LowRank(b) => b.first().map_or(Estimator::Kfac, |x| x.estimator()),
         }
     }
 
@@ -101,6 +107,7 @@ impl<B: Backend> Curvature<B> {
             Curvature::Kfac(b) => b.len(),
             Curvature::TriKfac(b) => b.len(),
             Curvature::Sum(s) => s.first().len(),
+            Curvature::LowRank(b) => b.len(),
         }
     }
 
@@ -119,6 +126,7 @@ impl<B: Backend> Curvature<B> {
                 KroneckerTerm::Kfac(b) => b.iter().map(|x| x.path.as_str()).collect(),
                 KroneckerTerm::TriKfac(b) => b.iter().map(|x| x.kfac.path.as_str()).collect(),
             },
+            Curvature::LowRank(b) => b.iter().map(|x| x.path.as_str()).collect(),
         }
     }
 
@@ -129,6 +137,7 @@ impl<B: Backend> Curvature<B> {
             Curvature::Kfac(b) => b[i].quadratic(d_a, d_b),
             Curvature::TriKfac(b) => b[i].quadratic(d_a, d_b),
             Curvature::Sum(s) => s.quadratic(i, d_a, d_b),
+            Curvature::LowRank(b) => b[i].quadratic(d_a, d_b),
         }
     }
 
@@ -139,6 +148,7 @@ impl<B: Backend> Curvature<B> {
             Curvature::Kfac(b) => b[i].product(d_a, d_b),
             Curvature::TriKfac(b) => b[i].product(d_a, d_b),
             Curvature::Sum(s) => s.product(i, d_a, d_b),
+            Curvature::LowRank(b) => b[i].product(d_a, d_b),
         }
     }
 
@@ -149,6 +159,7 @@ impl<B: Backend> Curvature<B> {
             Curvature::Kfac(b) => b.iter().map(|x| x.trace()).sum(),
             Curvature::TriKfac(b) => b.iter().map(|x| x.kfac.trace()).sum(),
             Curvature::Sum(s) => s.trace(),
+            Curvature::LowRank(b) => b.iter().map(|x| x.trace()).sum(),
         }
     }
 
@@ -159,6 +170,7 @@ impl<B: Backend> Curvature<B> {
             Curvature::Kfac(b) => b.iter().flat_map(|x| x.tensors()).collect(),
             Curvature::TriKfac(b) => b.iter().flat_map(|x| x.tensors()).collect(),
             Curvature::Sum(s) => s.tensors(),
+            Curvature::LowRank(b) => b.iter().flat_map(|x| x.tensors()).collect(),
         }
     }
 
@@ -176,6 +188,23 @@ impl<B: Backend> Curvature<B> {
                 Curvature::TriKfac(adapters.iter().map(|a| TriKfacBlock::from_tensors(a, &get)).collect::<crate::Result<_>>()?)
             }
         })
+    }
+
+    /// [`Self::from_tensors`] for a curvature saved with `factor_rank` (`laplace.json`): with
+    /// `Some(k)`, kfac and tri-kfac are read as [`Curvature::LowRank`] (factors larger than k
+    /// compressed); a diagonal, or `None`, reads as [`Self::from_tensors`] does.
+    pub fn from_tensors_at(
+        estimator: Estimator,
+        adapters: &[AdapterInfo],
+        factor_rank: Option<usize>,
+        get: impl Fn(&str, [usize; 2]) -> crate::Result<Tensor<B, 2>>,
+    ) -> crate::Result<Self> {
+        match (estimator, factor_rank) {
+            (Estimator::Kfac | Estimator::TriKfac, Some(k)) => Ok(Curvature::LowRank(
+                adapters.iter().map(|a| LowRankBlock::from_tensors(a, estimator, k, &get)).collect::<crate::Result<_>>()?,
+            )),
+            _ => Self::from_tensors(estimator, adapters, get),
+        }
     }
 }
 

@@ -35,7 +35,7 @@ impl<B: Backend> KroneckerTerm<B> {
         match curvature {
             Curvature::Kfac(b) => Some(KroneckerTerm::Kfac(b)),
             Curvature::TriKfac(b) => Some(KroneckerTerm::TriKfac(b)),
-            Curvature::Diag(_) | Curvature::Sum(_) => None,
+            Curvature::Diag(_) | Curvature::Sum(_) | Curvature::LowRank(_) => None,
         }
     }
 
@@ -137,12 +137,15 @@ impl<B: Backend> CurvatureSum<B> {
 ///
 /// # Errors
 /// [`Error::BadArgument`] when the list is empty, a weight is negative or
-/// not finite, or the curvatures differ in estimator or adapters.
+/// not finite, the curvatures differ in estimator or adapters, or one has low-rank factors.
 pub fn weighted_sum<B: Backend>(curvatures: Vec<(f64, Curvature<B>)>, adapters: &[AdapterInfo]) -> Result<Curvature<B>> {
     let first = curvatures.first().ok_or_else(|| Error::arg("curvature", "no curvature to add up"))?;
     let estimator = first.1.estimator();
     let paths: Vec<&str> = adapters.iter().map(|a| a.path.as_str()).collect();
     for (w, c) in &curvatures {
+        if matches!(c, Curvature::LowRank(_)) {
+            return Err(super::low_rank::sum_unsupported());
+        }
         if !(w.is_finite() && *w >= 0.0) {
             return Err(Error::arg("decay", format!("curvature weights must be non-negative numbers, got {w}")));
         }

@@ -89,12 +89,19 @@ pub fn fit_peer<B: KernelAutodiffBackend>(
         gathered.get(name).cloned().ok_or_else(|| Error::Numerical(format!("the gathered curvature misses `{name}`")))
     })?;
 
+    // Compressed after the reduction (the sum of compressed factors is not compressed).
+    let meta = fit_meta(lora, sources, config, tokens);
+    let curvature = match meta.factor_rank {
+        Some(k) => crate::curvature::low_rank::compress_curvature(curvature, k)?,
+        None => curvature,
+    };
+
     let inner_model = model.valid();
     let inner = LaplacePrior {
         anchors: LaplacePrior::isotropic(&inner_model, config.prior_precision).anchors,
         curvature: Some(curvature),
         prior_precision: config.prior_precision,
-        meta: Some(fit_meta(lora, sources, config, tokens)),
+        meta: Some(meta),
     };
     let report = FitReport { tokens, batches: batches.len(), seconds: start.elapsed().as_secs_f64(), notes };
     Ok((LaplacePrior::from_inner(inner), report))

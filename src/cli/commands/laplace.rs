@@ -47,6 +47,12 @@ pub struct LaplaceArgs {
     /// or the model's context if shorter.
     #[arg(long, value_parser = token_length)]
     max_len: Option<usize>,
+    /// Keep every kfac / tri-kfac Kronecker factor larger than K (X_A is d_in x d_in, G_B is
+    /// d_out x d_out) as its top-K eigenpairs plus a diagonal remainder: the prior and the
+    /// penalty then need no d x d matrix (`lalora memory --factor-rank K` shows the sizes).
+    /// 0 or absent: full factors.
+    #[arg(long, value_name = "K")]
+    factor_rank: Option<usize>,
     /// delta in the prior precision F + delta I.
     #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     prior_precision: f64,
@@ -84,8 +90,13 @@ pub fn run(args: LaplaceArgs, flags: &Flags) -> anyhow::Result<()> {
         .with_batches_per_source(args.batches)
         .with_batch_size(args.batch_size)
         .with_prior_precision(args.prior_precision)
-        .with_seed(args.seed);
+        .with_seed(args.seed)
+        .with_factor_rank(args.factor_rank.filter(|&k| k > 0));
     config.validate()?;
+    if args.accumulate.is_some() && config.factor_rank.is_some() {
+        // Refused before the fit rather than after it.
+        return Err(lalora::curvature::low_rank::sum_unsupported().into());
+    }
     let adapters = match &args.model.adapter {
         Some(dir) => AdapterSource::Peft(dir.clone()),
         None => AdapterSource::Fresh(args.lora.config(args.seed)),
@@ -134,8 +145,12 @@ pub fn run(args: LaplaceArgs, flags: &Flags) -> anyhow::Result<()> {
     lalora.save_prior(&args.out)?;
     write_json_atomic(&args.out.join("run.json"), flags)?;
     let size = std::fs::metadata(args.out.join("curvature.safetensors")).map(|m| m.len()).unwrap_or(0);
+    let factors = match config.factor_rank {
+        Some(k) if args.curvature != Estimator::Diag => format!(", factors above {k} x {k} kept at rank {k}"),
+        _ => String::new(),
+    };
     println!(
-        "{} ({} Fisher) on {} tokens from {} batches in {:.1} s ({:.2} s/batch); curvature.safetensors {:.1} MiB -> {}",
+        "{}{factors} ({} Fisher) on {} tokens from {} batches in {:.1} s ({:.2} s/batch); curvature.safetensors {:.1} MiB -> {}",
         args.curvature.name(),
         config.fisher.name(),
         report.tokens,

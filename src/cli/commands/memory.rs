@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use lalora::curvature::memory::curvature_memory;
+use lalora::curvature::memory::curvature_memory_at;
 use lalora::curvature::Estimator;
 use lalora::llama::LlamaConfig;
 
@@ -17,6 +17,10 @@ pub struct MemoryArgs {
     preset: Vec<PathBuf>,
     #[command(flatten)]
     lora: LoraArgs,
+    /// Also show kfac and tri-kfac with the factors larger than K kept as top-K eigenpairs
+    /// plus a diagonal (`lalora laplace --factor-rank K`); repeat for several K.
+    #[arg(long, value_name = "K", value_parser = crate::cli::ranges::at_least_one)]
+    factor_rank: Vec<usize>,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
@@ -36,13 +40,18 @@ pub fn run(args: MemoryArgs) -> anyhow::Result<()> {
     let lora = args.lora.config(0);
     lora.validate()?;
     if !args.json {
-        println!("{:<24} {:>9} {:>12} {:>14} {:>14}", "model", "curvature", "LoRA params", "as stored", "shared X_A");
+        println!("{:<24} {:>14} {:>12} {:>14} {:>14}", "model", "curvature", "LoRA params", "as stored", "shared X_A");
     }
     for path in &args.preset {
         let config = LlamaConfig::from_file(path)?;
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        for estimator in [Estimator::Diag, Estimator::Kfac, Estimator::TriKfac] {
-            let m = curvature_memory(&config, &lora, estimator);
+        // Every estimator with full factors, then kfac and tri-kfac at each factor rank.
+        let mut rows: Vec<(Estimator, Option<usize>)> = [Estimator::Diag, Estimator::Kfac, Estimator::TriKfac].map(|e| (e, None)).to_vec();
+        for &k in &args.factor_rank {
+            rows.extend([Estimator::Kfac, Estimator::TriKfac].map(|e| (e, Some(k))));
+        }
+        for (estimator, factor_rank) in rows {
+            let m = curvature_memory_at(&config, &lora, estimator, factor_rank);
             if args.json {
                 println!(
                     "{}",
@@ -50,9 +59,12 @@ pub fn run(args: MemoryArgs) -> anyhow::Result<()> {
                 );
             } else {
                 println!(
-                    "{:<24} {:>9} {:>12} {:>14} {:>14}",
+                    "{:<24} {:>14} {:>12} {:>14} {:>14}",
                     name,
-                    m.estimator,
+                    match m.factor_rank {
+                        Some(k) => format!("{} k={k}", m.estimator),
+                        None => m.estimator.to_string(),
+                    },
                     m.lora_params,
                     gib(m.stored_bytes()),
                     gib(m.shared_bytes())
