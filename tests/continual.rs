@@ -9,27 +9,12 @@ mod common;
 use burn::tensor::Tensor;
 use common::*;
 use lalora::curvature::{Curvature, Estimator, FisherType};
-use lalora::data::Sequence;
-use lalora::io::peft;
-use lalora::laplace::{fit, LaplaceConfig, LaplacePrior, SourceData};
+use lalora::laplace::{fit, LaplaceConfig, LaplacePrior};
 use lalora::llama::Llama;
 use lalora::lora::trainable_param;
 use lalora::LoraConfig;
 
 type AB = TestAutodiff;
-
-fn model() -> (Llama<AB>, LoraConfig) {
-    let base = Llama::<AB>::load(&fixture("llama/gqa"), &device()).unwrap();
-    let (model, info) = peft::load_adapter(base, &fixture("peft/all7")).unwrap();
-    (model, info.lora)
-}
-
-/// Reference rows `rows` as one source set.
-fn source(rows: &[usize]) -> Vec<SourceData> {
-    let reference = Reference::load(&fixture("llama/gqa"));
-    let sequences: Vec<Sequence> = rows.iter().map(|&i| Sequence::text(reference.row(i))).collect();
-    vec![SourceData { name: format!("rows{rows:?}"), sequences }]
-}
 
 fn fitted(model: &Llama<AB>, lora: &LoraConfig, estimator: Estimator, rows: &[usize], delta: f64) -> LaplacePrior<AB> {
     let config = LaplaceConfig::new()
@@ -38,7 +23,7 @@ fn fitted(model: &Llama<AB>, lora: &LoraConfig, estimator: Estimator, rows: &[us
         .with_prior_precision(delta)
         .with_batches_per_source(1)
         .with_batch_size(rows.len());
-    fit(model, lora, &source(rows), &config, false).unwrap().0
+    fit(model, lora, &reference_rows(&format!("rows{:?}", rows), rows), &config, false).unwrap().0
 }
 
 /// Moves every adapter by a deterministic perturbation (`phase` picks which).
@@ -127,7 +112,7 @@ fn accumulated_priors_equal_the_weighted_sum_of_the_materialised_matrices() {
     let gamma = 0.6;
     for estimator in [Estimator::Diag, Estimator::Kfac, Estimator::TriKfac] {
         let name = estimator.name();
-        let (model, lora) = model();
+        let (model, lora) = gqa_with_all7_adapter();
         // Task 1's fit at the starting adapters; task 2's at moved adapters on other data.
         let first = fitted(&model, &lora, estimator, &[0, 1], 0.3);
         let later = perturbed(&model, 0.04, 0.0);
@@ -191,7 +176,7 @@ fn accumulated_priors_equal_the_weighted_sum_of_the_materialised_matrices() {
 
 #[test]
 fn decay_zero_keeps_only_the_newest_fit_and_mismatches_are_refused() {
-    let (model, lora) = model();
+    let (model, lora) = gqa_with_all7_adapter();
     let first = fitted(&model, &lora, Estimator::Kfac, &[0, 1], 0.0);
     let later = perturbed(&model, 0.04, 0.0);
     let second = fitted(&later, &lora, Estimator::Kfac, &[2], 0.0);

@@ -7,37 +7,22 @@ use burn::tensor::Tensor;
 use common::*;
 use lalora::curvature::memory::curvature_memory;
 use lalora::curvature::{Curvature, Estimator, FisherType};
-use lalora::data::Sequence;
-use lalora::io::peft;
-use lalora::laplace::{fit, LaplaceConfig, LaplacePrior, SourceData};
+use lalora::laplace::{fit, LaplaceConfig, LaplacePrior};
 use lalora::llama::Llama;
 use lalora::lora::trainable_param;
 use lalora::LoraConfig;
 
 type AB = TestAutodiff;
 
-fn model() -> (Llama<AB>, LoraConfig) {
-    let base = Llama::<AB>::load(&fixture("llama/gqa"), &device()).unwrap();
-    let (model, info) = peft::load_adapter(base, &fixture("peft/all7")).unwrap();
-    (model, info.lora)
-}
-
-/// The reference rows as one source set, fitted as one batch of all three.
-fn source() -> Vec<SourceData> {
-    let reference = Reference::load(&fixture("llama/gqa"));
-    let sequences: Vec<Sequence> = (0..3).map(|i| Sequence::text(reference.row(i))).collect();
-    vec![SourceData { name: "reference".into(), sequences }]
-}
-
 fn fitted(estimator: Estimator, delta: f64) -> (Llama<AB>, LoraConfig, LaplacePrior<AB>) {
-    let (model, lora) = model();
+    let (model, lora) = gqa_with_all7_adapter();
     let config = LaplaceConfig::new()
         .with_estimator(estimator)
         .with_fisher(FisherType::Empirical)
         .with_prior_precision(delta)
         .with_batches_per_source(1)
         .with_batch_size(3);
-    let (prior, report) = fit(&model, &lora, &source(), &config, false).unwrap();
+    let (prior, report) = fit(&model, &lora, &reference_rows("reference", &[0, 1, 2]), &config, false).unwrap();
     assert_eq!(report.batches, 1);
     (model, lora, prior)
 }

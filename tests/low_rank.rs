@@ -16,10 +16,7 @@ use lalora::curvature::low_rank::compress_curvature;
 use lalora::curvature::memory::{curvature_memory, curvature_memory_at};
 use lalora::curvature::sum::weighted_sum;
 use lalora::curvature::{adapter_infos, Curvature, Estimator, FisherType, KfacBlock, TriKfacBlock};
-use lalora::data::Sequence;
-use lalora::io::peft;
-use lalora::laplace::{fit, LaplaceConfig, LaplacePrior, SourceData};
-use lalora::llama::Llama;
+use lalora::laplace::{fit, LaplaceConfig, LaplacePrior};
 use lalora::LoraConfig;
 
 type AB = TestAutodiff;
@@ -289,20 +286,8 @@ fn compressed_tri_kfac_of_token_statistics_stays_psd() {
     }
 }
 
-fn model() -> (Llama<AB>, LoraConfig) {
-    let base = Llama::<AB>::load(&fixture("llama/gqa"), &device()).unwrap();
-    let (model, info) = peft::load_adapter(base, &fixture("peft/all7")).unwrap();
-    (model, info.lora)
-}
-
-fn source() -> Vec<SourceData> {
-    let reference = Reference::load(&fixture("llama/gqa"));
-    let sequences: Vec<Sequence> = (0..3).map(|i| Sequence::text(reference.row(i))).collect();
-    vec![SourceData { name: "reference".into(), sequences }]
-}
-
 fn fit_with(estimator: Estimator, factor_rank: Option<usize>) -> LaplacePrior<AB> {
-    let (model, lora) = model();
+    let (model, lora) = gqa_with_all7_adapter();
     let config = LaplaceConfig::new()
         .with_estimator(estimator)
         .with_fisher(FisherType::Empirical)
@@ -310,12 +295,12 @@ fn fit_with(estimator: Estimator, factor_rank: Option<usize>) -> LaplacePrior<AB
         .with_batches_per_source(1)
         .with_batch_size(3)
         .with_factor_rank(factor_rank);
-    fit(&model, &lora, &source(), &config, false).unwrap().0
+    fit(&model, &lora, &reference_rows("reference", &[0, 1, 2]), &config, false).unwrap().0
 }
 
 #[test]
 fn a_fit_with_factor_rank_is_the_compressed_full_fit_and_survives_save_and_load() {
-    let (model, lora) = model();
+    let (model, lora) = gqa_with_all7_adapter();
     for estimator in [Estimator::Kfac, Estimator::TriKfac] {
         let full = fit_with(estimator, None);
         let low = fit_with(estimator, Some(16));

@@ -5,8 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
-use lalora::io::TensorFiles;
+use lalora::data::Sequence;
+use lalora::io::{peft, TensorFiles};
+use lalora::laplace::SourceData;
 use lalora::llama::Llama;
+use lalora::LoraConfig;
 
 /// Tests run on a CPU backend when one is enabled (flex first), so numbers are fast and
 /// deterministic; `tests/backends.rs` runs the core cases on every enabled backend.
@@ -23,6 +26,21 @@ pub type TestAutodiff = burn::backend::Autodiff<TestBackend>;
 /// The test backend's device.
 pub fn device() -> <TestBackend as burn::tensor::backend::BackendTypes>::Device {
     Default::default()
+}
+
+/// The gqa fixture with the PEFT adapter `peft/all7` (every projection adapted), and that
+/// adapter's LoRA config: the model the curvature tests fit priors on.
+pub fn gqa_with_all7_adapter() -> (Llama<TestAutodiff>, LoraConfig) {
+    let base = Llama::<TestAutodiff>::load(&fixture("llama/gqa"), &device()).unwrap();
+    let (model, info) = peft::load_adapter(base, &fixture("peft/all7")).unwrap();
+    (model, info.lora)
+}
+
+/// Rows `rows` of the gqa fixture's reference batch, unpadded, as one source set named `name`.
+pub fn reference_rows(name: &str, rows: &[usize]) -> Vec<SourceData> {
+    let reference = Reference::load(&fixture("llama/gqa"));
+    let sequences: Vec<Sequence> = rows.iter().map(|&i| Sequence::text(reference.row(i))).collect();
+    vec![SourceData { name: name.into(), sequences }]
 }
 
 /// `tests/fixtures/<rel>`.
