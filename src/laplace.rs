@@ -484,10 +484,7 @@ pub fn fit<B: KernelAutodiffBackend>(
         return Err(Error::EmptyData { path: "<source data>".into(), reason: "no loss-carrying tokens to fit on".into() });
     }
     let meta = fit_meta(lora, sources, config, tokens);
-    let curvature = match meta.factor_rank {
-        Some(k) => compress_curvature(acc.finish(), k)?,
-        None => acc.finish(),
-    };
+    let curvature = stored_form(acc.finish(), &meta)?;
     // Statistics were summed on the inner backend (no graph); the prior lives on the model's.
     let inner = LaplacePrior {
         anchors: anchors_of(&model.valid()),
@@ -497,6 +494,16 @@ pub fn fit<B: KernelAutodiffBackend>(
     };
     let report = FitReport { tokens, batches: batches.len(), seconds: start.elapsed().as_secs_f64(), notes };
     Ok((LaplacePrior::from_inner(inner), report))
+}
+
+/// A fit's summed curvature in the form `meta` records: its large Kronecker factors compressed
+/// when `meta.factor_rank` is set (after every sum, so single-device and data-parallel fits
+/// store the same thing), as summed otherwise.
+pub(crate) fn stored_form<B: Backend>(curvature: Curvature<B>, meta: &LaplaceMeta) -> crate::Result<Curvature<B>> {
+    match meta.factor_rank {
+        Some(k) => compress_curvature(curvature, k),
+        None => Ok(curvature),
+    }
 }
 
 /// What `laplace.json` records about a fit of `config` on `sources` over `tokens` tokens.

@@ -16,7 +16,7 @@ use burn::tensor::{Distribution, Tensor};
 use super::collective::Peer;
 use crate::curvature::{adapter_infos, capture_batch, Accumulator, Curvature, FisherType};
 use crate::error::{Error, Result};
-use crate::laplace::{fit_meta, source_batches, FitReport, LaplaceConfig, LaplacePrior, SourceData};
+use crate::laplace::{fit_meta, source_batches, stored_form, FitReport, LaplaceConfig, LaplacePrior, SourceData};
 use crate::llama::Llama;
 use crate::lora::LoraConfig;
 use crate::progress::Progress;
@@ -91,10 +91,7 @@ pub fn fit_peer<B: KernelAutodiffBackend>(
 
     // Compressed after the reduction (the sum of compressed factors is not compressed).
     let meta = fit_meta(lora, sources, config, tokens);
-    let curvature = match meta.factor_rank {
-        Some(k) => crate::curvature::low_rank::compress_curvature(curvature, k)?,
-        None => curvature,
-    };
+    let curvature = stored_form(curvature, &meta)?;
 
     let inner_model = model.valid();
     let inner = LaplacePrior {
