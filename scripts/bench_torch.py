@@ -3,11 +3,14 @@
 Measures one LoRA training step (forward, backward, AdamW step, zero_grad) of a
 random-weight LlamaForCausalLM built from an HF config.json preset (--config, default
 models/presets/small.json: vocab 8192, hidden 384, intermediate 1024, 6 layers, 6 heads,
-2 kv heads) on CPU: batch --batch x seq --seq random token ids, float32, peft LoRA
+2 kv heads) on CPU: batch --batch x seq --seq random token ids, base weights in --dtype
+(float32 by default; bfloat16 or float16 build the model directly in that type, as
+from_pretrained(dtype=...) loads a checkpoint, while peft keeps the adapters float32), peft LoRA
 r=--rank / alpha=2r / dropout 0 on all seven projections (q,k,v,o,gate,up,down),
 loss = model(input_ids, labels=input_ids).loss, AdamW(lr=1e-4) over the LoRA parameters
-only. The same presets and flags as `lalora bench --preset P --batch-size B --seq S
---rank R`, so both sides run the same model.
+only. --gradient-checkpointing turns on transformers' per-layer activation checkpointing
+(non-reentrant). The same presets and flags as `lalora bench --preset P --batch-size B
+--seq S --rank R --dtype D [--gradient-checkpointing]`, so both sides run the same model.
 
 torch.set_num_threads(os.cpu_count()) unless --threads is given. Runs --warmup steps
 (default 2), then times --steps steps (default 5) and prints ONE JSON line:
@@ -21,6 +24,7 @@ tokens_per_s = batch * seq / mean step time; peak_rss_mib from resource.getrusag
 
 Usage:  python scripts/bench_torch.py [--config models/presets/small.json] [--batch 8]
             [--seq 256] [--rank 8] [--steps 5] [--attn sdpa|eager]
+            [--dtype float32|bfloat16|float16] [--gradient-checkpointing]
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank (alpha = 2 rank)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                    help="type of the frozen base weights (adapters stay float32)")
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="recompute each layer in the backward")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -67,7 +74,11 @@ def main() -> None:
     # Positions beyond the preset's max_position_embeddings only change RoPE's cache size.
     config.max_position_embeddings = max(config.max_position_embeddings, args.seq)
     config._attn_implementation = args.attn
-    model = LlamaForCausalLM(config).to(torch.float32)
+    dtype = getattr(torch, args.dtype)
+    # Built directly in the target type: no float32 copy inflates the peak.
+    model = LlamaForCausalLM._from_config(config, dtype=dtype)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules=TARGETS, bias="none",
                       task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
@@ -98,6 +109,8 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "attn": args.attn,
+        "dtype": args.dtype,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "batch": args.batch,
         "seq": args.seq,
         "rank": args.rank,

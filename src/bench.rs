@@ -15,7 +15,7 @@ use crate::data::{Batch, Sequence};
 use crate::error::{Error, Result};
 use crate::io::save_tensors;
 use crate::laplace::LaplacePrior;
-use crate::llama::{Llama, LlamaConfig, Projection};
+use crate::llama::{Llama, LlamaConfig, Projection, WeightDtype};
 use crate::lora::{InitRng, LoraConfig};
 use crate::train::{trainable_params, OptimizerConfig, Step};
 use crate::KernelAutodiffBackend;
@@ -35,6 +35,8 @@ pub struct BenchConfig {
     pub warmup: usize,
     /// Timed runs.
     pub steps: usize,
+    /// Float type of the frozen base weights.
+    pub dtype: WeightDtype,
 }
 
 /// Time of a training step.
@@ -105,7 +107,7 @@ impl<B: KernelAutodiffBackend> Bench<B> {
             return Err(Error::arg("steps", "steps, batch size and rank must be at least 1, seq at least 2"));
         }
         let lora = LoraConfig::new().with_rank(config.rank).with_alpha(2.0 * config.rank as f64).with_targets(Projection::ALL.to_vec());
-        let model = Llama::<B>::init_random(&config.model, 0, device).with_adapters(&lora)?;
+        let model = Llama::<B>::init_random_as(&config.model, 0, device, config.dtype).with_adapters(&lora)?;
         let mut rng = InitRng::new(1);
         let vocab = config.model.vocab_size;
         let sequences: Vec<Sequence> = (0..config.batch_size)

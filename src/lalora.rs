@@ -19,7 +19,7 @@ use crate::eval::{evaluate, EvalOptions, EvalScore, EvalSet};
 use crate::generate::{generate, SamplingConfig};
 use crate::io::peft;
 use crate::laplace::{fit, FitReport, LaplaceConfig, LaplacePrior, SourceData};
-use crate::llama::Llama;
+use crate::llama::{DtypeChoice, Llama};
 use crate::lora::LoraConfig;
 use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
@@ -102,6 +102,14 @@ impl<B: Backend> LaLoRA<B> {
 }
 
 impl<B: KernelBackend> LaLoRA<B> {
+    /// [`Self::load`] with the frozen base weights in the type `dtype` resolves to (`auto`:
+    /// the checkpoint's own on GPU backends, f32 on CPU ones). Adapters, gradients and the
+    /// prior stay f32. A type the backend cannot hold is an error naming the backend.
+    pub fn load_with(model_dir: &Path, adapters: AdapterSource, dtype: DtypeChoice, device: &B::Device) -> Result<Self> {
+        let dtype = dtype.resolve::<B>(model_dir, device)?;
+        Self::from_model(Llama::load_as(model_dir, device, dtype)?, adapters)
+    }
+
     /// Scores the model on each set (call it on `lalora.valid()` when `B` is an autodiff
     /// backend, to skip the graph).
     pub fn evaluate(&self, tokenizer: &Tokenizer, sets: &[EvalSet], options: &EvalOptions) -> Result<Vec<EvalScore>> {

@@ -51,9 +51,9 @@ pub mod tasks;
 
 pub use error::{Error, Result};
 pub use lalora::{AdapterSource, LaLoRA};
-pub use lalora_backends::{AttentionMask, KernelAutodiffBackend, KernelBackend};
+pub use lalora_backends::{frozen_matmul, AttentionMask, KernelAutodiffBackend, KernelBackend};
 pub use laplace::{LaplaceConfig, LaplacePrior, SourceData};
-pub use llama::{Llama, LlamaConfig, Projection};
+pub use llama::{DtypeChoice, Llama, LlamaConfig, Projection, WeightDtype};
 pub use lora::{LoraConfig, LoraInit, LoraLinear};
 pub use tokenizer::Tokenizer;
 pub use train::{Penalty, TrainConfig, TrainControl, TrainData};

@@ -12,7 +12,7 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param, ParamId};
-use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Distribution, FloatDType, Tensor, TensorData};
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -197,7 +197,10 @@ impl<B: Backend> LoraLinear<B> {
         match &self.adapter {
             None => self,
             Some(adapter) => {
-                let merged = self.weight.val() + adapter.delta_weight();
+                // A bf16/f16 base weight is merged in f32 and rounded back to its own type.
+                let weight = self.weight.val();
+                let dtype = weight.dtype();
+                let merged = (weight.cast(FloatDType::F32) + adapter.delta_weight()).cast(dtype);
                 LoraLinear::frozen(merged.detach())
             }
         }
@@ -219,14 +222,14 @@ impl<B: KernelBackend> LoraLinear<B> {
     /// # Shapes
     /// - x: `[batch, seq, d_in]` -> `[batch, seq, d_out]`
     pub fn forward_with(&self, x: Tensor<B, 3>, train: bool, taps: Option<&mut Vec<AdapterTap<B>>>) -> Tensor<B, 3> {
-        let Some(adapter) = &self.adapter else { return linear(x, self.weight.val()) };
+        let Some(adapter) = &self.adapter else { return frozen_linear(x, self.weight.val()) };
         if taps.is_none() && !(train && adapter.dropout > 0.0) && adapter.offset.is_none() {
             // The common case as one fused op, forward and backward (`KernelBackend::lora_linear`).
             let [batch, seq, d_in] = x.dims();
             let (w, a, b) = (self.weight.val(), adapter.lora_a.val(), adapter.lora_b.val());
             return B::lora_linear(x.reshape([batch * seq, d_in]), w, a, b, adapter.scale).reshape([batch, seq, self.dims()[0]]);
         }
-        let base = linear(x.clone(), self.weight.val());
+        let base = frozen_linear(x.clone(), self.weight.val());
 
         let x_in = if train && adapter.dropout > 0.0 {
             let keep = 1.0 - adapter.dropout;
@@ -269,6 +272,15 @@ pub fn linear<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 3> {
     let [batch, seq, d_in] = x.dims();
     let d_out = w.dims()[0];
     x.reshape([batch * seq, d_in]).matmul(w.transpose()).reshape([batch, seq, d_out])
+}
+
+/// [`linear`] for a frozen weight that may be stored in a narrower float type than `x` (bf16
+/// or f16 base weights; see [`KernelBackend`] for how the backend multiplies it). The result
+/// has `x`'s type.
+pub fn frozen_linear<B: KernelBackend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 3> {
+    let [batch, seq, d_in] = x.dims();
+    let d_out = w.dims()[0];
+    crate::frozen_matmul(x.reshape([batch * seq, d_in]), w, true).reshape([batch, seq, d_out])
 }
 
 /// A parameter that never receives a gradient (and so never gets optimiser state).

@@ -12,6 +12,9 @@
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{backend::Backend, IndexingUpdateOp, Int, Tensor};
 
+use crate::lora::frozen_linear;
+use crate::KernelBackend;
+
 /// Negative log-likelihood of each position's target, zero where `loss_mask` is zero.
 ///
 /// # Shapes
@@ -39,8 +42,8 @@ pub struct HeadOutput<B: Backend> {
 ///
 /// The log-sum-exp comes from the most likely token: `lse = max_j o_j - log(max_j p_j)`, and
 /// `max_j p_j >= 1/vocab`, so it never underflows.
-pub fn head_forward<B: Backend>(head: Tensor<B, 2>, hidden: Tensor<B, 3>) -> HeadOutput<B> {
-    let logits = burn::tensor::module::linear(hidden, head.transpose(), None); // [batch, seq, vocab]
+pub fn head_forward<B: KernelBackend>(head: Tensor<B, 2>, hidden: Tensor<B, 3>) -> HeadOutput<B> {
+    let logits = frozen_linear(hidden, head); // [batch, seq, vocab]
     let probs = softmax(logits.clone(), 2);
     let max_logit: Tensor<B, 2> = logits.clone().max_dim(2).squeeze_dim(2);
     let max_prob: Tensor<B, 2> = probs.clone().max_dim(2).squeeze_dim(2);
@@ -69,8 +72,10 @@ impl<B: Backend> HeadOutput<B> {
 }
 
 /// `dL/dh = W^T dL/dlogits`, `[batch, seq, hidden]`.
-pub fn hidden_grad<B: Backend>(head: Tensor<B, 2>, logit_grad: Tensor<B, 3>) -> Tensor<B, 3> {
-    burn::tensor::module::linear(logit_grad, head, None)
+pub fn hidden_grad<B: KernelBackend>(head: Tensor<B, 2>, logit_grad: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, seq, vocab] = logit_grad.dims();
+    let hidden = head.dims()[1];
+    crate::frozen_matmul(logit_grad.reshape([batch * seq, vocab]), head, false).reshape([batch, seq, hidden])
 }
 
 #[cfg(test)]

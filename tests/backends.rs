@@ -56,6 +56,39 @@ macro_rules! backend_cases {
                 }
             }
 
+            /// bf16 and f16 base weights run within transformers' own half-precision error of
+            /// its half forward, or are refused with an error naming the type (ndarray has
+            /// neither; wgpu has no bf16, and f16 only with `SHADER_F16`).
+            #[test]
+            fn half_precision_weights_follow_transformers_or_are_refused() {
+                use lalora::llama::WeightDtype;
+                if !run() {
+                    return;
+                }
+                let backend = stringify!($backend);
+                for (case, dtype, file) in [
+                    ("bf16_shards", WeightDtype::Bf16, "reference_bf16.safetensors"),
+                    ("head_dim", WeightDtype::F16, "reference_f16.safetensors"),
+                ] {
+                    if let Err(e) = dtype.check_backend::<B>(&device()) {
+                        let message = e.to_string();
+                        eprintln!("{backend}: {dtype} refused: {message}");
+                        assert!(!matches!(backend, "flex" | "cuda"), "{backend} should hold {dtype}: {message}");
+                        assert!(message.contains(dtype.name()) && message.contains("--dtype f32"), "{message}");
+                        continue;
+                    }
+                    let dir = fixture(&format!("llama/{case}"));
+                    let reference = Reference::load(&dir);
+                    let model = Llama::<B>::load_as(&dir, &device(), dtype).unwrap();
+                    let ours = real_logits(&model, &reference, &device());
+                    let hf_half = half_reference(case, file, "logits", &reference);
+                    let own_error = max_abs_diff(&hf_half, &half_reference(case, file, "logits_f32", &reference));
+                    let error = max_abs_diff(&ours, &hf_half);
+                    eprintln!("{backend} {dtype}: {error:.3e} from transformers' {dtype} forward (its own error {own_error:.3e})");
+                    assert!(error <= 1.5 * own_error, "{backend} {dtype}: {error} vs {own_error}");
+                }
+            }
+
             #[test]
             fn peft_logits_equal_peft() {
                 if !run() {

@@ -421,6 +421,67 @@ fn check_lm_head_loss<B: KernelBackend>(backend: &str, tokens: usize, device: &B
     }
 }
 
+/// Frozen weights stored in bf16/f16 against the same kernels on the f32 widening of those
+/// values: the LoRA projection (value, dx, dA, dB) and the LM head loss (NLL, dh) over a
+/// vocabulary of several of flex's widening chunks. A backend that widens (flex) computes the
+/// same f32 function; one that rounds the activations instead (autocast) is within the
+/// type's rounding. Types the backend cannot hold are skipped.
+fn check_narrow_weights<B: KernelBackend>(backend: &str, tokens: usize, device: &B::Device) {
+    use burn::tensor::{DType, Int};
+    type AD<B> = Autodiff<B>;
+    for dtype in [DType::BF16, DType::F16] {
+        if !B::supports_dtype(device, dtype) {
+            eprintln!("{backend}: no {dtype:?}, skipped");
+            continue;
+        }
+        let tol = if B::WIDENS_FROZEN_WEIGHTS { ATOL } else { 2e-2 };
+        let narrow = |values: &[f32], shape: [usize; 2]| -> (Tensor<AD<B>, 2>, Tensor<AD<B>, 2>) {
+            let stored = Tensor::<AD<B>, 2>::from_data(TensorData::new(values.to_vec(), shape), (device, dtype));
+            let widened = tensor::<AD<B>, 2>(to_vec(stored.clone().inner().cast(DType::F32)), shape, device);
+            (stored, widened)
+        };
+        let mut rng = Lcg(21);
+        let (d_in, d_out, rank, scale) = (96, 130, 3, 0.9);
+        let ws: Vec<f32> = rng.normal(d_out * d_in).into_iter().map(|v| v / (d_in as f32).sqrt()).collect();
+        let (xs, as_, bs, gs) = (rng.normal(tokens * d_in), rng.normal(rank * d_in), rng.normal(d_out * rank), rng.normal(tokens * d_out));
+        let (w_narrow, w_wide) = narrow(&ws, [d_out, d_in]);
+        let run = |w: Tensor<AD<B>, 2>| {
+            let x = tensor::<AD<B>, 2>(xs.clone(), [tokens, d_in], device).require_grad();
+            let a = tensor::<AD<B>, 2>(as_.clone(), [rank, d_in], device).require_grad();
+            let b = tensor::<AD<B>, 2>(bs.clone(), [d_out, rank], device).require_grad();
+            let y = <AD<B> as KernelBackend>::lora_linear(x.clone(), w, a.clone(), b.clone(), scale);
+            assert_eq!(y.dtype(), DType::F32);
+            let grads = (y.clone() * tensor::<AD<B>, 2>(gs.clone(), [tokens, d_out], device)).sum().backward();
+            [to_vec(y.inner()), to_vec(x.grad(&grads).unwrap()), to_vec(a.grad(&grads).unwrap()), to_vec(b.grad(&grads).unwrap())]
+        };
+        for (part, (a, e)) in ["value", "dx", "da", "db"].iter().zip(run(w_narrow).iter().zip(&run(w_wide))) {
+            let largest = e.iter().fold(1f32, |m, v| m.max(v.abs()));
+            common::assert_close_report(&format!("{backend} lora_linear, {dtype:?} weight: {part}"), a, e, tol * largest);
+        }
+
+        let (d, vocab) = (8, 2 * 8192 + 77);
+        let hs = rng.normal(tokens * d);
+        let ws = rng.normal(vocab * d);
+        let targets: Vec<i64> = (0..tokens).map(|t| if t % 5 == 4 { 99_999 } else { ((t * 7919) % vocab) as i64 }).collect();
+        let weights: Vec<f32> = (0..tokens).map(|t| if t % 5 == 4 { 0.0 } else { 1.0 / tokens as f32 }).collect();
+        let (head_narrow, head_wide) = narrow(&ws, [vocab, d]);
+        let loss = |head: Tensor<AD<B>, 2>| {
+            let out = B::lm_head_loss(
+                tensor(hs.clone(), [tokens, d], device),
+                head.inner(),
+                Tensor::<B, 1, Int>::from_data(TensorData::new(targets.clone(), [tokens]), device),
+                tensor(weights.clone(), [tokens], device),
+                false,
+            );
+            [to_vec(out.nll), to_vec(out.hidden_grad)]
+        };
+        for (part, (a, e)) in ["nll", "dh"].iter().zip(loss(head_narrow).iter().zip(&loss(head_wide))) {
+            let largest = e.iter().fold(1f32, |m, v| m.max(v.abs()));
+            common::assert_close_report(&format!("{backend} lm_head_loss, {dtype:?} head: {part}"), a, e, tol * largest);
+        }
+    }
+}
+
 macro_rules! kernel_cases {
     ($backend:ident, $long:expr, $rows:expr) => {
         mod $backend {
@@ -470,6 +531,14 @@ macro_rules! kernel_cases {
                     return;
                 }
                 check_lm_head_loss::<B>(stringify!($backend), ($rows / 20).max(7), &device());
+            }
+
+            #[test]
+            fn narrow_frozen_weights_equal_their_f32_widening() {
+                if !available() {
+                    return;
+                }
+                check_narrow_weights::<B>(stringify!($backend), ($rows / 100).max(7), &device());
             }
 
             #[test]

@@ -8,7 +8,7 @@ use lalora::curvature::FisherType;
 use lalora::data::{FieldMap, LmOptions};
 use lalora::io::hub::resolve_model;
 use lalora::train::{DataConfig, EvalConfig, OptimizerConfig, Penalty, ScheduleConfig, ScheduleKind, TrainConfig};
-use lalora::{AdapterSource, LlamaConfig, LoraConfig, LoraInit, Projection};
+use lalora::{AdapterSource, DtypeChoice, LlamaConfig, LoraConfig, LoraInit, Projection};
 
 use super::ranges::{at_least_one, dropout, fraction, non_negative, non_negative_f32, positive, token_length};
 
@@ -23,6 +23,12 @@ pub struct ModelArgs {
     /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors) to apply.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Float type of the frozen base weights: auto (the checkpoint's `torch_dtype` on GPU
+    /// backends, f32 on CPU ones), f32, bf16 or f16. Adapters, gradients, optimiser state
+    /// and curvature stay f32. bf16 halves the weights' memory; on CPU backends the products
+    /// still run in f32 (the weight is widened at each use), so it is not faster there.
+    #[arg(long, default_value = "auto", value_parser = |s: &str| s.parse::<DtypeChoice>())]
+    pub dtype: DtypeChoice,
 }
 
 impl ModelArgs {

@@ -31,6 +31,6 @@ pub fn decoding_model<B: Backend>(model: &Llama<B>) -> Llama<B> {
 
 /// `weight` (`[rows, cols]`) as the transposed view of a contiguous `[cols, rows]` copy.
 fn row_major_transpose<B: Backend>(weight: Tensor<B, 2>) -> Tensor<B, 2> {
-    let device = weight.device();
-    Tensor::<B, 2>::from_data(weight.transpose().into_data(), &device).transpose()
+    let (device, dtype) = (weight.device(), weight.dtype());
+    Tensor::<B, 2>::from_data(weight.transpose().into_data(), (&device, dtype)).transpose()
 }

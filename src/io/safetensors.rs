@@ -12,6 +12,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 
 use crate::error::{Error, Result};
+use crate::llama::WeightDtype;
 
 struct MappedFile {
     path: PathBuf,
@@ -126,6 +127,37 @@ impl TensorFiles {
         }
         let values = self.read_f32_values(name)?;
         Ok(TensorData::new(values, info.shape.clone()))
+    }
+
+    /// Reads a floating-point tensor in `dtype`, checking its shape against `expected`: a
+    /// tensor stored in that type is copied as it is, any other is rounded to nearest even
+    /// (as `tensor.to(dtype)` in torch).
+    pub fn read_as(&self, name: &str, expected: &[usize], dtype: WeightDtype) -> Result<TensorData> {
+        let (file, info) = self.info(name)?;
+        let stored = match info.dtype {
+            Dtype::BF16 => Some(WeightDtype::Bf16),
+            Dtype::F16 => Some(WeightDtype::F16),
+            _ => None,
+        };
+        if dtype == WeightDtype::F32 || stored != Some(dtype) {
+            let data = self.read_f32(name, expected)?;
+            return Ok(match dtype {
+                WeightDtype::F32 => data,
+                WeightDtype::Bf16 => data.convert::<half::bf16>(),
+                WeightDtype::F16 => data.convert::<half::f16>(),
+            });
+        }
+        if info.shape != expected {
+            return Err(Error::TensorShape {
+                path: file.path.clone(),
+                name: name.to_string(),
+                found: info.shape.clone(),
+                expected: expected.to_vec(),
+            });
+        }
+        let (start, end) = info.data_offsets;
+        let bytes = file.map[file.data_start + start..file.data_start + end].to_vec();
+        Ok(TensorData::from_bytes_vec(bytes, info.shape.clone(), dtype.dtype()))
     }
 
     /// Reads a floating-point tensor as f32 with whatever shape it has on disk.

@@ -6,6 +6,7 @@ use burn::module::Param;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 use super::config::LlamaConfig;
+use super::dtype::WeightDtype;
 use super::model::{Attention, DecoderLayer, Llama, Mlp, RmsNorm};
 use super::projection::Projection;
 use crate::error::{Error, Result};
@@ -21,30 +22,47 @@ trait WeightSource<B: Backend> {
 struct Checkpoint<'a, B: Backend> {
     files: &'a TensorFiles,
     device: &'a B::Device,
+    dtype: WeightDtype,
 }
 
 impl<B: Backend> WeightSource<B> for Checkpoint<'_, B> {
     fn matrix(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>> {
-        Ok(Tensor::from_data(self.files.read_f32(name, &shape)?, self.device))
+        Ok(on_device(self.files.read_as(name, &shape, self.dtype)?, self.device, self.dtype))
     }
     fn vector(&mut self, name: &str, len: usize) -> Result<Tensor<B, 1>> {
-        Ok(Tensor::from_data(self.files.read_f32(name, &[len])?, self.device))
+        Ok(on_device(self.files.read_as(name, &[len], self.dtype)?, self.device, self.dtype))
     }
+}
+
+/// A tensor holding `data` as it is (`Tensor::from_data` with a bare device would widen a bf16
+/// buffer to the backend's default float type).
+fn on_device<B: Backend, const D: usize>(data: TensorData, device: &B::Device, dtype: WeightDtype) -> Tensor<B, D> {
+    Tensor::from_data(data, (device, dtype.dtype()))
 }
 
 /// HF's init: normal(0, 0.02) matrices, unit norms.
 struct RandomInit<'a, B: Backend> {
     rng: InitRng,
     device: &'a B::Device,
+    dtype: WeightDtype,
 }
 
 impl<B: Backend> WeightSource<B> for RandomInit<'_, B> {
     fn matrix(&mut self, _name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>> {
-        let values = self.rng.normal(shape[0] * shape[1], 0.02);
-        Ok(Tensor::from_data(TensorData::new(values, shape), self.device))
+        let values = TensorData::new(self.rng.normal(shape[0] * shape[1], 0.02), shape);
+        Ok(on_device(in_dtype(values, self.dtype), self.device, self.dtype))
     }
     fn vector(&mut self, _name: &str, len: usize) -> Result<Tensor<B, 1>> {
-        Ok(Tensor::ones([len], self.device))
+        Ok(on_device(in_dtype(TensorData::new(vec![1f32; len], [len]), self.dtype), self.device, self.dtype))
+    }
+}
+
+/// f32 host data rounded to `dtype` (nearest even).
+fn in_dtype(data: TensorData, dtype: WeightDtype) -> TensorData {
+    match dtype {
+        WeightDtype::F32 => data,
+        WeightDtype::Bf16 => data.convert::<half::bf16>(),
+        WeightDtype::F16 => data.convert::<half::f16>(),
     }
 }
 
@@ -87,24 +105,42 @@ impl<B: Backend> Llama<B> {
     /// Loads `config.json` and the safetensors weights (single file or shards) of an HF model
     /// directory. Weights are memory-mapped and converted to f32 one tensor at a time.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        Self::load_as(dir, device, WeightDtype::F32)
+    }
+
+    /// [`Self::load`] with the frozen base weights in `dtype` (see [`WeightDtype`]; check
+    /// first that the backend can hold it: [`WeightDtype::check_backend`] or
+    /// [`super::DtypeChoice::resolve`]).
+    pub fn load_as(dir: &Path, device: &B::Device, dtype: WeightDtype) -> Result<Self> {
         let config = LlamaConfig::from_file(&dir.join("config.json"))?;
         let files = TensorFiles::open_dir(dir)?;
-        Self::from_checkpoint(&config, &files, device)
+        Self::from_checkpoint_as(&config, &files, device, dtype)
     }
 
     /// Builds the model from already opened weights.
     pub fn from_checkpoint(config: &LlamaConfig, files: &TensorFiles, device: &B::Device) -> Result<Self> {
+        Self::from_checkpoint_as(config, files, device, WeightDtype::F32)
+    }
+
+    /// [`Self::from_checkpoint`] with the frozen base weights in `dtype`.
+    pub fn from_checkpoint_as(config: &LlamaConfig, files: &TensorFiles, device: &B::Device, dtype: WeightDtype) -> Result<Self> {
         // A tied model has no lm_head on disk; an untied one must have it.
         let lm_head_stored = !config.tie_word_embeddings;
         if lm_head_stored && !files.contains("lm_head.weight") {
             return Err(Error::MissingTensor { path: files.origin().to_path_buf(), name: "lm_head.weight".into() });
         }
-        build(config, &mut Checkpoint { files, device }, lm_head_stored)
+        build(config, &mut Checkpoint { files, device, dtype }, lm_head_stored)
     }
 
     /// A model with HF-style random weights (normal(0, 0.02), unit norms).
     pub fn init_random(config: &LlamaConfig, seed: u64, device: &B::Device) -> Self {
-        build(config, &mut RandomInit { rng: InitRng::new(seed), device }, !config.tie_word_embeddings).expect("random init cannot fail")
+        Self::init_random_as(config, seed, device, WeightDtype::F32)
+    }
+
+    /// [`Self::init_random`] with the weights rounded to `dtype` (the same draws as f32).
+    pub fn init_random_as(config: &LlamaConfig, seed: u64, device: &B::Device, dtype: WeightDtype) -> Self {
+        let mut source = RandomInit { rng: InitRng::new(seed), device, dtype };
+        build(config, &mut source, !config.tie_word_embeddings).expect("random init cannot fail")
     }
 
     /// Adds fresh adapters to the projections `lora` targets (replacing any there). The rank

@@ -5,6 +5,7 @@
 
 mod cache;
 mod config;
+mod dtype;
 mod load;
 mod model;
 mod projection;
@@ -12,6 +13,7 @@ mod rope;
 
 pub use cache::{KvCache, LayerCache};
 pub use config::{HfLlamaConfig, LlamaConfig, RopeScaling};
+pub use dtype::{checkpoint_dtype, DtypeChoice, WeightDtype};
 pub use load::unfreeze_all;
 pub use model::{Attention, AttentionTables, DecoderLayer, ForwardOptions, Llama, Mlp, RmsNorm};
 pub use projection::Projection;

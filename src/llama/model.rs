@@ -5,7 +5,7 @@
 //! `layers[i].self_attn.q_proj.weight`), so loading and PEFT export need no remap table.
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+use burn::tensor::{backend::Backend, Bool, FloatDType, Int, Tensor};
 
 use super::cache::{KvCache, LayerCache};
 use super::config::LlamaConfig;
@@ -47,7 +47,8 @@ impl<B: KernelBackend> RmsNorm<B> {
     /// # Shapes
     /// - x: `[..., hidden]` -> same
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        B::rms_norm(x, self.weight.val(), self.eps)
+        // A bf16/f16 norm weight (a few thousand values) joins the f32 activations widened.
+        B::rms_norm(x, self.weight.val().cast(FloatDType::F32), self.eps)
     }
 }
 
@@ -233,7 +234,8 @@ impl<B: KernelBackend> Llama<B> {
             }
         };
 
-        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), input_ids); // [batch, seq, hidden]
+        // Rows of a bf16/f16 table are widened: the residual stream is f32.
+        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), input_ids).cast(FloatDType::F32); // [batch, seq, hidden]
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
             let attn_in = layer.input_layernorm.forward(x.clone());
@@ -243,6 +245,16 @@ impl<B: KernelBackend> Llama<B> {
             x = x.clone() + layer.mlp.forward(mlp_in, train, taps.as_deref_mut());
         }
         self.norm.forward(x)
+    }
+
+    /// Projects hidden states to the vocabulary.
+    ///
+    /// # Shapes
+    /// - hidden: `[batch, seq, hidden]` -> `[batch, seq, vocab]`
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        // Not `module::linear(hidden, w.transpose())`: it reshapes the transposed view, which
+        // copies the whole `[vocab, hidden]` head at every call on the CPU backends.
+        crate::lora::frozen_linear(hidden, self.head_weight())
     }
 
     fn attention_tables(&self, key_mask: Option<&Tensor<B, 2, Bool>>, seq: usize, past: usize, device: &B::Device) -> AttentionTables<B> {
@@ -262,16 +274,6 @@ impl<B: KernelBackend> Llama<B> {
 }
 
 impl<B: Backend> Llama<B> {
-    /// Projects hidden states to the vocabulary.
-    ///
-    /// # Shapes
-    /// - hidden: `[batch, seq, hidden]` -> `[batch, seq, vocab]`
-    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        // Not `module::linear(hidden, w.transpose())`: it reshapes the transposed view, which
-        // copies the whole `[vocab, hidden]` head at every call on the CPU backends.
-        crate::lora::linear(hidden, self.head_weight())
-    }
-
     /// The LM head's weight, `[vocab, hidden]` (the embedding matrix when tied).
     pub fn head_weight(&self) -> Tensor<B, 2> {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens).val()

@@ -315,3 +315,22 @@ pub fn assert_mat_close(what: &str, actual: &Mat, expected: &Mat, tol: f64) {
     let scale = expected.max_abs().max(actual.max_abs()).max(1e-30);
     assert_close_f64(what, &actual.data, &expected.data, tol * scale, 0.0);
 }
+
+/// Logits of `model` on the fixture's reference batch, real positions only, row after row.
+pub fn real_logits<B: lalora::KernelBackend>(model: &Llama<B>, reference: &Reference, device: &B::Device) -> Vec<f32> {
+    let (ids, mask) = reference.tensors::<B>(device);
+    let logits = model.forward(ids, Some(mask));
+    reference.lengths().iter().enumerate().flat_map(|(i, &len)| row_logits(&logits, i, len)).collect()
+}
+
+/// `name` of a `reference_{bf16,f16}.safetensors` file, real positions only.
+pub fn half_reference(case: &str, file: &str, name: &str, reference: &Reference) -> Vec<f32> {
+    let files = TensorFiles::open_file(&fixture(&format!("llama/{case}/{file}"))).unwrap();
+    let all = files.read_f32_any(name).unwrap().to_vec::<f32>().unwrap();
+    let (t, v) = (reference.shape[1], reference.vocab);
+    reference.lengths().iter().enumerate().flat_map(|(i, &len)| all[i * t * v..(i * t + len) * v].to_vec()).collect()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

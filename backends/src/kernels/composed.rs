@@ -10,7 +10,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
-use super::{AttentionGrads, AttentionMask, AttentionSaved, HeadLoss, LoraGrads, LoraNeeds};
+use super::{frozen_matmul, AttentionGrads, AttentionMask, AttentionSaved, HeadLoss, KernelBackend, LoraGrads, LoraNeeds};
 
 /// Queries per block in the composed attention.
 pub const QUERY_BLOCK: usize = 128;
@@ -160,7 +160,7 @@ pub fn causal_attention_backward<B: Backend>(
 }
 
 /// Composed LoRA projection forward: `(y, z)`.
-pub fn lora_linear_forward<B: Backend>(
+pub fn lora_linear_forward<B: KernelBackend>(
     x: Tensor<B, 2>,
     weight: Tensor<B, 2>,
     a: Tensor<B, 2>,
@@ -169,13 +169,13 @@ pub fn lora_linear_forward<B: Backend>(
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let z = x.clone().matmul(a.transpose());
     // The scale goes on the small B rather than on the [tokens, d_out] update.
-    let y = x.matmul(weight.transpose()) + z.clone().matmul(b.mul_scalar(scale).transpose());
+    let y = frozen_matmul(x, weight, true) + z.clone().matmul(b.mul_scalar(scale).transpose());
     (y, z)
 }
 
 /// Composed LoRA projection backward.
 #[allow(clippy::too_many_arguments)]
-pub fn lora_linear_backward<B: Backend>(
+pub fn lora_linear_backward<B: KernelBackend>(
     x: Tensor<B, 2>,
     weight: Tensor<B, 2>,
     a: Tensor<B, 2>,
@@ -187,7 +187,7 @@ pub fn lora_linear_backward<B: Backend>(
 ) -> LoraGrads<B> {
     let h = grad.clone().matmul(b.mul_scalar(scale)); // [tokens, r]
     LoraGrads {
-        x: needs.x.then(|| grad.clone().matmul(weight) + h.clone().matmul(a)),
+        x: needs.x.then(|| frozen_matmul(grad.clone(), weight, false) + h.clone().matmul(a)),
         weight: needs.weight.then(|| grad.clone().transpose().matmul(x.clone())),
         a: needs.a.then(|| h.transpose().matmul(x)),
         b: needs.b.then(|| grad.transpose().matmul(z).mul_scalar(scale)),
@@ -195,14 +195,14 @@ pub fn lora_linear_backward<B: Backend>(
 }
 
 /// Composed LM head loss: the whole `[tokens, vocab]` softmax at once.
-pub fn lm_head_loss<B: Backend>(
+pub fn lm_head_loss<B: KernelBackend>(
     hidden: Tensor<B, 2>,
     head: Tensor<B, 2>,
     targets: Tensor<B, 1, Int>,
     weights: Tensor<B, 1>,
     head_grad: bool,
 ) -> HeadLoss<B> {
-    let logits = hidden.clone().matmul(head.clone().transpose()); // [tokens, vocab]
+    let logits = frozen_matmul(hidden.clone(), head.clone(), true); // [tokens, vocab]
     let probs = burn::tensor::activation::softmax(logits.clone(), 1);
     // log-sum-exp from the most likely token: lse = max o - log(max p), and max p >= 1/vocab.
     let lse = logits.clone().max_dim(1) - probs.clone().max_dim(1).log(); // [tokens, 1]
@@ -213,7 +213,7 @@ pub fn lm_head_loss<B: Backend>(
     let nll = ((lse - picked) * w.clone()).sum();
     let logit_grad = (probs * w.clone()).scatter(1, targets, w.neg(), IndexingUpdateOp::Add);
     let head_grad = head_grad.then(|| logit_grad.clone().transpose().matmul(hidden));
-    HeadLoss { nll, hidden_grad: logit_grad.matmul(head), head_grad }
+    HeadLoss { nll, hidden_grad: frozen_matmul(logit_grad, head, false), head_grad }
 }
 
 /// Composed RMSNorm forward: `(y, rms)` with `rms = sqrt(mean(x^2) + eps)`, `[..., 1]`.

@@ -48,6 +48,8 @@ pub fn fused_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B
 
 #[cfg(feature = "wgpu")]
 impl KernelBackend for burn_wgpu::Wgpu<f32, i32> {
+    const GPU: bool = true;
+
     fn causal_attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>, mask: &AttentionMask, scale: f64) -> Tensor<Self, 4> {
         fused_attention(q, k, v, mask, scale)
     }
@@ -55,6 +57,8 @@ impl KernelBackend for burn_wgpu::Wgpu<f32, i32> {
 
 #[cfg(feature = "cuda")]
 impl KernelBackend for burn_cuda::Cuda<f32, i32> {
+    const GPU: bool = true;
+
     fn causal_attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>, mask: &AttentionMask, scale: f64) -> Tensor<Self, 4> {
         fused_attention(q, k, v, mask, scale)
     }

@@ -16,7 +16,7 @@
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{DType, FloatDType, Int, Tensor};
 
 mod attention_mask;
 pub mod autodiff;
@@ -89,6 +89,14 @@ pub struct HeadLoss<B: Backend> {
 
 /// A burn backend with lalora's model kernels.
 ///
+/// # Frozen weights in a narrower float type
+/// The frozen base weights (projections, LM head) may be stored in bf16 or f16 while
+/// activations, adapters and gradients stay f32. [`frozen_matmul`] multiplies such a weight in
+/// one of two ways, chosen by [`Self::WIDENS_FROZEN_WEIGHTS`]: autocast's (the activations are
+/// rounded to the weight's type and the product runs there, as on GPUs with bf16 units) or
+/// widening (the weight is converted to f32 at the call and the product runs in f32, for CPU
+/// backends that have no bf16 arithmetic of their own).
+///
 /// # Attention layout
 /// Queries come as `[batch, seq, heads, head_dim]` and keys/values as
 /// `[batch, keys, kv_heads, head_dim]`, the layouts the projections produce, so no transpose
@@ -96,6 +104,19 @@ pub struct HeadLoss<B: Backend> {
 /// (HF's `repeat_kv` order); k and v are never repeated. Which keys a query may see is given
 /// by an [`AttentionMask`] (causal with a cache offset, and key padding).
 pub trait KernelBackend: Backend {
+    /// Whether [`frozen_matmul`] widens a narrower frozen weight to the activations' type (true)
+    /// or rounds the activations to the weight's type (false, autocast's way).
+    const WIDENS_FROZEN_WEIGHTS: bool = false;
+
+    /// Whether the backend runs on a GPU: `--dtype auto` then keeps a checkpoint's own float type.
+    const GPU: bool = false;
+
+    /// A frozen weight (never requiring a gradient) converted to `dtype`; a no-op when it already
+    /// has it. A backend may override this with a faster conversion than its `cast`.
+    fn widen_weight<const D: usize>(weight: Tensor<Self, D>, dtype: FloatDType) -> Tensor<Self, D> {
+        weight.cast(dtype)
+    }
+
     /// Scaled dot-product attention: `o_i = sum_j softmax_j(scale q_i . k_j) v_j` over the keys
     /// j that query i may see (`mask`). A query that sees no key gets a zero output.
     ///
@@ -244,7 +265,38 @@ pub trait KernelBackend: Backend {
     }
 }
 
+/// `lhs W^T` (`transpose`) or `lhs W` for a frozen weight `W` that may be stored in a narrower
+/// float type than `lhs`; the result has `lhs`'s type. See [`KernelBackend`] for the two ways.
+pub fn frozen_matmul<B: KernelBackend>(lhs: Tensor<B, 2>, weight: Tensor<B, 2>, transpose: bool) -> Tensor<B, 2> {
+    let orient = |w: Tensor<B, 2>| if transpose { w.transpose() } else { w };
+    let (lhs_dtype, weight_dtype) = (lhs.dtype(), weight.dtype());
+    if lhs_dtype == weight_dtype {
+        lhs.matmul(orient(weight))
+    } else if B::WIDENS_FROZEN_WEIGHTS {
+        lhs.matmul(orient(B::widen_weight(weight, float_dtype(lhs_dtype))))
+    } else {
+        lhs.cast(weight_dtype).matmul(orient(weight)).cast(lhs_dtype)
+    }
+}
+
+/// The float variant of a tensor's dtype.
+fn float_dtype(dtype: DType) -> FloatDType {
+    dtype.into()
+}
+
 impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
+    const WIDENS_FROZEN_WEIGHTS: bool = B::WIDENS_FROZEN_WEIGHTS;
+    const GPU: bool = B::GPU;
+
+    fn widen_weight<const D: usize>(weight: Tensor<Self, D>, dtype: FloatDType) -> Tensor<Self, D> {
+        // A trained weight converts through the graph; a frozen one with the inner kernel.
+        if weight.is_require_grad() {
+            weight.cast(dtype)
+        } else {
+            Tensor::from_inner(B::widen_weight(weight.inner(), dtype))
+        }
+    }
+
     fn causal_attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>, mask: &AttentionMask, scale: f64) -> Tensor<Self, 4> {
         autodiff::attention::<B, C>(q, k, v, mask, scale)
     }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use lalora::bench::{Bench, BenchConfig};
 use lalora::curvature::Estimator;
+use lalora::DtypeChoice;
 use lalora::LlamaConfig;
 use serde_json::json;
 
@@ -47,6 +48,10 @@ pub struct BenchArgs {
     /// are given as shares of it.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "train")]
     what: Vec<BenchPart>,
+    /// Float type of the frozen base weights: auto (the preset's `torch_dtype` on GPU
+    /// backends, f32 on CPU ones), f32, bf16 or f16.
+    #[arg(long, default_value = "auto", value_parser = |s: &str| s.parse::<DtypeChoice>())]
+    dtype: DtypeChoice,
     /// Print JSON lines instead of text.
     #[arg(long)]
     json: bool,
@@ -61,7 +66,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         rank: args.rank,
         warmup: args.warmup,
         steps: args.steps,
+        dtype: args.dtype.resolve_with_config::<AB>(&args.preset, &lalora_backends::device())?,
     };
+    let dtype = config.dtype;
     let mut bench = Bench::<AB>::new(config, &lalora_backends::device())?;
     let step = bench.train_step()?;
     let wants = |part: BenchPart| args.what.contains(&part);
@@ -93,13 +100,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut report = json!({
             "framework": "lalora", "backend": lalora_backends::NAME, "threads": threads,
             "batch": args.batch_size, "seq": args.seq, "rank": args.rank, "steps": args.steps,
+            "dtype": dtype.name(),
         });
         report.as_object_mut().expect("an object").extend(serde_json::to_value(&step)?.as_object().expect("an object").clone());
         println!("{report}");
     } else {
         println!(
-            "train step ({} backend, batch {} x seq {}, rank {}): {:.0} tokens/s, mean {:.0} ms, min {:.0} ms, peak RSS {:.0} MiB",
+            "train step ({} backend, {} weights, batch {} x seq {}, rank {}): {:.0} tokens/s, mean {:.0} ms, min {:.0} ms, peak RSS {:.0} MiB",
             lalora_backends::NAME,
+            dtype,
             args.batch_size,
             args.seq,
             args.rank,

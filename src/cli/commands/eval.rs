@@ -59,8 +59,8 @@ fn set_json(score: &EvalScore) -> Value {
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let device = lalora_backends::device();
     let model_dir = args.model.dir()?;
-    let model =
-        LaLoRA::<B>::load(&model_dir, args.model.adapters(), &device).with_context(|| format!("loading {}", model_dir.display()))?;
+    let model = LaLoRA::<B>::load_with(&model_dir, args.model.adapters(), args.model.dtype, &device)
+        .with_context(|| format!("loading {}", model_dir.display()))?;
     let tokenizer = Tokenizer::for_model(&model_dir, model.model.config.vocab_size)?;
     let chat = DataArgs::chat_template(&model_dir)?;
     let max_len = max_len(args.max_len, 1024, &model.model.config, &model_dir)?;

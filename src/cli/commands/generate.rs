@@ -43,8 +43,8 @@ pub struct GenerateArgs {
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let device = lalora_backends::device();
     let model_dir = args.model.dir()?;
-    let model =
-        LaLoRA::<B>::load(&model_dir, args.model.adapters(), &device).with_context(|| format!("loading {}", model_dir.display()))?;
+    let model = LaLoRA::<B>::load_with(&model_dir, args.model.adapters(), args.model.dtype, &device)
+        .with_context(|| format!("loading {}", model_dir.display()))?;
     let tokenizer = Tokenizer::for_model(&model_dir, model.model.config.vocab_size)?;
     let mut stop = model.model.config.eos_token_ids.clone();
     let prompt = if args.chat {

@@ -104,7 +104,8 @@ pub fn run(args: LaplaceArgs, flags: &Flags) -> anyhow::Result<()> {
     // Held for the whole fit: a second `laplace --out` on the same directory is refused.
     let _lock = DirLock::prior_dir(&args.out)?;
     let model_dir = args.model.dir()?;
-    let mut lalora = LaLoRA::<AB>::load(&model_dir, adapters, &device).with_context(|| format!("loading {}", model_dir.display()))?;
+    let mut lalora = LaLoRA::<AB>::load_with(&model_dir, adapters, args.model.dtype, &device)
+        .with_context(|| format!("loading {}", model_dir.display()))?;
     let tokenizer = Tokenizer::for_model(&model_dir, lalora.model.config.vocab_size)?;
     let chat = DataArgs::chat_template(&model_dir)?;
     config.max_len = max_len(args.max_len, 512, &lalora.model.config, &model_dir)?;

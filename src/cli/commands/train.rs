@@ -138,7 +138,8 @@ pub fn run(args: TrainArgs, flags: &Flags) -> anyhow::Result<()> {
     }
     let writes = plan.as_ref().is_none_or(|p| p.writes_outputs());
     let model_dir = args.model.dir()?;
-    let lalora = LaLoRA::<AB>::load(&model_dir, adapters, &device).with_context(|| format!("loading {}", model_dir.display()))?;
+    let lalora = LaLoRA::<AB>::load_with(&model_dir, adapters, args.model.dtype, &device)
+        .with_context(|| format!("loading {}", model_dir.display()))?;
     let tokenizer = Tokenizer::for_model(&model_dir, lalora.model.config.vocab_size)?;
     let chat = DataArgs::chat_template(&model_dir)?;
     if let Some(meta) = lalora.prior.as_ref().and_then(|p| p.meta.as_ref()) {

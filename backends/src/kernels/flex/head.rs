@@ -105,3 +105,55 @@ pub fn head_loss(h: &[f32], w: &[f32], targets: &[i64], weights: &[f32], d: usiz
         None => (0.0, dh, head_grad.then(|| vec![0f32; vocab * d])),
     }
 }
+
+/// Head rows widened at a time by [`head_loss_chunked`]: 8192 x 4096 f32 is 128 MiB.
+const VOCAB_CHUNK: usize = 8192;
+
+/// [`head_loss`] without the head gradient, for a head stored in bf16 or f16 that
+/// `widen_rows(v0, v1, out)` converts to f32 [`VOCAB_CHUNK`] rows at a time, so no f32 copy of
+/// the whole head exists (2 GiB for Llama-3.1-8B's). The `[tokens, vocab]` logits are made
+/// chunk by chunk, turned into `w (softmax - onehot)` row by row, and multiplied back by the
+/// head chunk by chunk. The same products and row function as [`head_loss`], so the result
+/// equals it on the widened head up to the order of the sums.
+pub fn head_loss_chunked(
+    h: &[f32],
+    vocab: usize,
+    widen_rows: impl Fn(usize, usize, &mut [f32]),
+    targets: &[i64],
+    weights: &[f32],
+    d: usize,
+) -> (f64, Vec<f32>) {
+    let tokens = h.len() / d;
+    let mut logits = vec![0f32; tokens * vocab];
+    let mut chunk = vec![0f32; VOCAB_CHUNK.min(vocab) * d];
+    let chunks = || (0..vocab).step_by(VOCAB_CHUNK).map(|v0| (v0, (v0 + VOCAB_CHUNK).min(vocab)));
+    for (v0, v1) in chunks() {
+        let w = &mut chunk[..(v1 - v0) * d];
+        widen_rows(v0, v1, w);
+        // SAFETY: logits[:, v0..v1] (row stride vocab) is tokens x (v1 - v0); h is tokens x d.
+        unsafe { matmul(tokens, v1 - v0, d, logits.as_mut_ptr().add(v0), vocab, false, Mat::rows(h, d), Mat::rows(w, d).t(), 1.0, true) };
+    }
+    let nll: f64 = logits
+        .par_chunks_mut(vocab.max(1))
+        .enumerate()
+        .map(|(t, row)| {
+            let weight = weights[t];
+            if weight == 0.0 {
+                row.fill(0.0);
+                return 0.0;
+            }
+            let target = usize::try_from(targets[t]).ok().filter(|&x| x < vocab);
+            let target = target.unwrap_or_else(|| panic!("lm_head_loss: target {} outside the vocabulary of {vocab}", targets[t]));
+            softmax_grad_row(row, target, weight)
+        })
+        .sum();
+    let mut dh = vec![0f32; tokens * d];
+    for (i, (v0, v1)) in chunks().enumerate() {
+        let w = &mut chunk[..(v1 - v0) * d];
+        widen_rows(v0, v1, w);
+        let grad = Mat { ptr: logits[v0..].as_ptr(), rs: vocab as isize, cs: 1 };
+        // SAFETY: grad is logits[:, v0..v1] (tokens x (v1 - v0), row stride vocab); dh is fresh.
+        unsafe { matmul(tokens, d, v1 - v0, dh.as_mut_ptr(), d, i > 0, grad, Mat::rows(w, d), 1.0, true) };
+    }
+    (nll, dh)
+}

@@ -3,10 +3,11 @@
 //!
 //! A flex tensor (`FlexTensor`) is an `Arc`'d byte buffer with a layout; the kernels make
 //! their inputs contiguous (free when they already are), read them as `&[f32]`, and build their
-//! outputs from `Vec<f32>` without a copy. A tensor of another dtype (flex can hold f16/bf16)
-//! takes the composed path.
+//! outputs from `Vec<f32>` without a copy. Frozen weights stored in bf16 or f16 are widened to
+//! f32 at each call ([`KernelBackend::WIDENS_FROZEN_WEIGHTS`]: flex's own bf16 matmul widens
+//! both operands anyway); any other tensor of another dtype takes the composed path.
 
-use burn::tensor::{DType, Int, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 
 use super::{composed, AttentionGrads, AttentionMask, AttentionSaved, HeadLoss, KernelBackend, LoraGrads, LoraNeeds};
@@ -34,6 +35,49 @@ fn tensor<const D: usize>(data: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D> 
     Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(TensorData::new(data, shape))))
 }
 
+/// A flex tensor owning `data` (no copy), any shape.
+fn tensor_of_shape<const D: usize>(data: Vec<f32>, shape: burn::tensor::Shape) -> Tensor<Flex, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(TensorData::new(data, shape))))
+}
+
+/// `weight` as f32, converted in parallel chunks when it is stored as bf16 or f16 (flex's own
+/// cast goes through an f64 copy, three times the f32 size).
+fn widen_to_f32<const D: usize>(weight: Tensor<Flex, D>) -> Tensor<Flex, D> {
+    let Some(narrow) = narrow_buffer(&weight) else {
+        return weight.cast(FloatDType::F32); // a no-op for f32
+    };
+    let n = weight.shape().num_elements();
+    let mut out = vec![0f32; n];
+    narrow.widen(0, n, &mut out);
+    tensor_of_shape(out, weight.shape())
+}
+
+/// A contiguous bf16 or f16 buffer.
+struct NarrowBuffer(FlexTensor);
+
+impl NarrowBuffer {
+    /// Elements `start..end` widened into `out`.
+    fn widen(&self, start: usize, end: usize, out: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 16;
+        let t = &self.0;
+        if t.dtype() == DType::BF16 {
+            let src = &t.as_slice::<half::bf16>().expect("a contiguous bf16 buffer")[start..end];
+            out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(o, s)| s.convert_to_f32_slice(o));
+        } else {
+            let src = &t.as_slice::<half::f16>().expect("a contiguous f16 buffer")[start..end];
+            out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(o, s)| s.convert_to_f32_slice(o));
+        }
+    }
+}
+
+/// `x`'s buffer when it holds bf16 or f16, made contiguous.
+fn narrow_buffer<const D: usize>(x: &Tensor<Flex, D>) -> Option<NarrowBuffer> {
+    let t = x.clone().into_primitive().tensor();
+    matches!(t.dtype(), DType::BF16 | DType::F16).then(|| NarrowBuffer(t.to_contiguous()))
+}
+
 fn attention_dims(q: &Tensor<Flex, 4>, k: &Tensor<Flex, 4>) -> attention::Dims {
     let [batch, seq, heads, head_dim] = q.dims();
     let [_, keys, kv_heads, _] = k.dims();
@@ -50,6 +94,15 @@ fn lora_dims(x: &Tensor<Flex, 2>, weight: &Tensor<Flex, 2>, a: &Tensor<Flex, 2>)
 }
 
 impl KernelBackend for Flex {
+    const WIDENS_FROZEN_WEIGHTS: bool = true;
+
+    fn widen_weight<const D: usize>(weight: Tensor<Self, D>, dtype: FloatDType) -> Tensor<Self, D> {
+        match dtype {
+            FloatDType::F32 => widen_to_f32(weight),
+            other => weight.cast(other),
+        }
+    }
+
     fn causal_attention_forward(
         q: Tensor<Self, 4>,
         k: Tensor<Self, 4>,
@@ -99,6 +152,7 @@ impl KernelBackend for Flex {
         b: Tensor<Self, 2>,
         scale: f64,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        let weight = widen_to_f32(weight);
         let [Some(xb), Some(wb), Some(ab), Some(bb)] = [buffer(&x), buffer(&weight), buffer(&a), buffer(&b)] else {
             return composed::lora_linear_forward(x, weight, a, b, scale);
         };
@@ -117,6 +171,7 @@ impl KernelBackend for Flex {
         scale: f64,
         needs: LoraNeeds,
     ) -> LoraGrads<Self> {
+        let weight = widen_to_f32(weight);
         let buffers = [buffer(&x), buffer(&weight), buffer(&a), buffer(&b), buffer(&z), buffer(&grad)];
         let [Some(xb), Some(wb), Some(ab), Some(bb), Some(zb), Some(gb)] = buffers else {
             return composed::lora_linear_backward(x, weight, a, b, z, grad, scale, needs);
@@ -140,6 +195,16 @@ impl KernelBackend for Flex {
         weights: Tensor<Self, 1>,
         head_grad: bool,
     ) -> HeadLoss<Self> {
+        if let (Some(hb), Some(lb), Some(narrow), false) = (buffer(&hidden), buffer(&weights), narrow_buffer(&head), head_grad) {
+            // A bf16/f16 head is widened a chunk of rows at a time, never whole.
+            let targets: Vec<i64> = targets.into_data().convert::<i64>().to_vec().expect("integer targets");
+            let [tokens, d] = hidden.dims();
+            let vocab = head.dims()[0];
+            let (nll, dh) =
+                head::head_loss_chunked(values(&hb), vocab, |v0, v1, out| narrow.widen(v0 * d, v1 * d, out), &targets, values(&lb), d);
+            return HeadLoss { nll: tensor(vec![nll as f32], [1]), hidden_grad: tensor(dh, [tokens, d]), head_grad: None };
+        }
+        let head = widen_to_f32(head);
         let [Some(hb), Some(wb), Some(lb)] = [buffer(&hidden), buffer(&head), buffer(&weights)] else {
             return composed::lm_head_loss(hidden, head, targets, weights, head_grad);
         };
