@@ -37,6 +37,8 @@ pub struct BenchConfig {
     pub steps: usize,
     /// Float type of the frozen base weights.
     pub dtype: WeightDtype,
+    /// Recompute each layer in the backward ([`crate::train::accumulate_checkpointed`]).
+    pub gradient_checkpointing: bool,
 }
 
 /// Time of a training step.
@@ -123,7 +125,15 @@ impl<B: KernelAutodiffBackend> Bench<B> {
     pub fn train_step(&mut self) -> Result<StepTimes> {
         let mut optim = OptimizerConfig::new().adamw().init::<B, Llama<B>>();
         let params = trainable_params(&self.model);
-        let step = Step { lr: 1e-4, clip: Some(1.0), head_grad: false, penalty: None, params: &params, decay: None };
+        let step = Step {
+            lr: 1e-4,
+            clip: Some(1.0),
+            head_grad: false,
+            penalty: None,
+            params: &params,
+            decay: None,
+            checkpointing: self.config.gradient_checkpointing,
+        };
         let mut model = Some(self.model.clone());
         let (mean, min) = time_it(self.config.warmup, self.config.steps, || {
             let (next, _) = step.run(model.take().expect("put back after each step"), &mut optim, vec![self.batch.clone()])?;

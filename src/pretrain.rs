@@ -146,6 +146,7 @@ pub fn pretrain<B: KernelAutodiffBackend>(
             penalty: None,
             params: &params,
             decay: None,
+            checkpointing: false,
         };
         let out;
         (model, out) = one

@@ -129,6 +129,9 @@ pub fn train_peer<B: KernelAutodiffBackend>(
     progress: bool,
 ) -> Result<(Llama<B>, TrainReport)> {
     config.validate()?;
+    if config.gradient_checkpointing {
+        return Err(Error::arg("gradient-checkpointing", "is not supported with data parallelism yet; train on one device"));
+    }
     if data.sequences.is_empty() {
         return Err(Error::EmptyData { path: "<training data>".into(), reason: "no training sequences".into() });
     }
@@ -261,6 +264,9 @@ pub fn train_parallel<B: KernelAutodiffBackend>(
         return Err(Error::arg("devices", format!("{} devices for {} local peers", devices.len(), cluster.config().local_peers)));
     }
     config.validate()?;
+    if config.gradient_checkpointing {
+        return Err(Error::arg("gradient-checkpointing", "is not supported with data parallelism yet; train on one device"));
+    }
     let LaLoRA { model, lora, prior } = lalora;
     let results: Vec<super::PeerOutcome<(Llama<B>, TrainReport)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = devices

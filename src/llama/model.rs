@@ -143,6 +143,26 @@ pub struct DecoderLayer<B: Backend> {
     pub post_attention_layernorm: RmsNorm<B>,
 }
 
+impl<B: KernelBackend> DecoderLayer<B> {
+    /// `x + attn(norm(x))`, then `+ mlp(norm(.))`.
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        tables: &AttentionTables<B>,
+        cache: Option<&mut LayerCache<B>>,
+        train: bool,
+        mut taps: Option<&mut Vec<AdapterTap<B>>>,
+    ) -> Tensor<B, 3> {
+        let attn_in = self.input_layernorm.forward(x.clone());
+        let x = x + self.self_attn.forward(attn_in, tables, cache, train, taps.as_deref_mut());
+        let mlp_in = self.post_attention_layernorm.forward(x.clone());
+        x + self.mlp.forward(mlp_in, train, taps)
+    }
+}
+
 impl<B: Backend> DecoderLayer<B> {
     /// The projections of this layer, in forward order ([`Projection::ALL`]).
     pub fn projections(&self) -> [(Projection, &LoraLinear<B>); 7] {
@@ -234,17 +254,18 @@ impl<B: KernelBackend> Llama<B> {
             }
         };
 
-        // Rows of a bf16/f16 table are widened: the residual stream is f32.
-        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), input_ids).cast(FloatDType::F32); // [batch, seq, hidden]
+        let mut x = self.embed(input_ids);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
-            let attn_in = layer.input_layernorm.forward(x.clone());
-            let attn = layer.self_attn.forward(attn_in, tables, layer_cache, train, taps.as_deref_mut());
-            x = x + attn;
-            let mlp_in = layer.post_attention_layernorm.forward(x.clone());
-            x = x.clone() + layer.mlp.forward(mlp_in, train, taps.as_deref_mut());
+            x = layer.forward(x, tables, layer_cache, train, taps.as_deref_mut());
         }
         self.norm.forward(x)
+    }
+
+    /// The token embeddings, `[batch, seq, hidden]` in f32 (rows of a bf16/f16 table are
+    /// widened: the residual stream is f32).
+    pub fn embed(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        burn::tensor::module::embedding(self.embed_tokens.val(), input_ids).cast(FloatDType::F32)
     }
 
     /// Projects hidden states to the vocabulary.
@@ -257,7 +278,15 @@ impl<B: KernelBackend> Llama<B> {
         crate::lora::frozen_linear(hidden, self.head_weight())
     }
 
-    fn attention_tables(&self, key_mask: Option<&Tensor<B, 2, Bool>>, seq: usize, past: usize, device: &B::Device) -> AttentionTables<B> {
+    /// RoPE tables and the attention mask for `seq` new positions after `past` cached ones
+    /// (`key_mask`: `[batch, past + seq]`, true for real tokens).
+    pub fn attention_tables(
+        &self,
+        key_mask: Option<&Tensor<B, 2, Bool>>,
+        seq: usize,
+        past: usize,
+        device: &B::Device,
+    ) -> AttentionTables<B> {
         let c = &self.config;
         let inv_freq = inverse_frequencies(c);
         // Backends store booleans differently (u8, u32): read the mask back as integers.

@@ -207,6 +207,11 @@ pub struct TrainConfig {
     /// Write a checkpoint every this many steps (0: only at the end). Default 0.
     #[config(default = 0)]
     pub checkpoint_every: usize,
+    /// Recompute each decoder layer in the backward instead of keeping its activations:
+    /// less memory, about one more forward of time (see [`super::accumulate_checkpointed`]).
+    /// Default false.
+    #[config(default = false)]
+    pub gradient_checkpointing: bool,
 }
 
 impl TrainConfig {

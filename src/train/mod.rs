@@ -2,6 +2,7 @@
 //! logs and checkpoints, in a locked run directory whose resume is checked against the
 //! settings and inputs it was started with.
 
+mod checkpoint;
 mod config;
 mod decay;
 mod fingerprint;
@@ -9,6 +10,7 @@ mod run;
 mod run_dir;
 mod step;
 
+pub use checkpoint::accumulate_checkpointed;
 pub use config::{DataConfig, EvalConfig, OptimizerConfig, Penalty, RunConfig, ScheduleConfig, ScheduleKind, TrainConfig};
 pub use decay::DecayToward;
 pub use fingerprint::RunInputs;

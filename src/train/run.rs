@@ -169,7 +169,15 @@ pub(crate) fn train<B: KernelAutodiffBackend>(
             })
             .collect();
         let first_batch = micro_batches[0].clone();
-        let one = Step { lr, clip: config.optimizer.clip, head_grad: false, penalty: prior, params: &params, decay: Some(decay) };
+        let one = Step {
+            lr,
+            clip: config.optimizer.clip,
+            head_grad: false,
+            penalty: prior,
+            params: &params,
+            decay: Some(decay),
+            checkpointing: config.gradient_checkpointing,
+        };
         let out;
         (model, out) = one.run(model, &mut optim, micro_batches).map_err(|e| stopped(step + 1, &e.to_string(), run.is_some()))?;
         step += 1;

@@ -13,6 +13,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::cast::ToElement as _;
 use burn::tensor::Tensor;
 
+use super::checkpoint::accumulate_checkpointed;
 use super::decay::DecayToward;
 use crate::data::Batch;
 use crate::error::{Error, Result};
@@ -126,6 +127,9 @@ pub struct Step<'a, B: KernelAutodiffBackend> {
     /// Decoupled weight decay toward the starting adapters, applied after the optimiser's
     /// update (whose own decay must then be 0); `None` leaves decay to the optimiser.
     pub decay: Option<DecayToward<'a, B>>,
+    /// Recompute each decoder layer in the backward instead of keeping its activations
+    /// ([`super::checkpoint`]); not with `head_grad` or adapter dropout.
+    pub checkpointing: bool,
 }
 
 impl<B: KernelAutodiffBackend> Step<'_, B> {
@@ -152,12 +156,27 @@ impl<B: KernelAutodiffBackend> Step<'_, B> {
         for (micro, batch) in micro_batches.iter().enumerate() {
             // The token mean over the whole step (equal shares when no micro-batch has tokens).
             let share = if tokens == 0 { 1.0 / n as f64 } else { batch.num_targets as f64 / tokens as f64 };
+            let penalty_term = match (micro, self.penalty) {
+                (0, Some((prior, scale))) => Some(prior.penalty(&model, scale)),
+                _ => None,
+            };
+            if let Some(term) = &penalty_term {
+                penalty = term.value.clone().into_scalar().to_f64();
+            }
+            if self.checkpointing {
+                if self.head_grad {
+                    return Err(Error::arg("gradient-checkpointing", "is for LoRA training; full-parameter training is not supported"));
+                }
+                loss += accumulate_checkpointed(&model, batch, share, &mut accumulator)? * share;
+                if let Some(term) = penalty_term {
+                    accumulator.accumulate(&model, GradientsParams::from_grads(term.surrogate.backward(), &model));
+                }
+                continue;
+            }
             let objective = lm_objective(&model, batch, true, self.head_grad);
             let mut total = objective.surrogate.mul_scalar(share);
             loss += objective.nll * share;
-            if let (0, Some((prior, scale))) = (micro, self.penalty) {
-                let term = prior.penalty(&model, scale);
-                penalty = term.value.into_scalar().to_f64();
+            if let Some(term) = penalty_term {
                 total = total + term.surrogate;
             }
             accumulator.accumulate(&model, GradientsParams::from_grads(total.backward(), &model));

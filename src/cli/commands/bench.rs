@@ -52,6 +52,9 @@ pub struct BenchArgs {
     /// backends, f32 on CPU ones), f32, bf16 or f16.
     #[arg(long, default_value = "auto", value_parser = |s: &str| s.parse::<DtypeChoice>())]
     dtype: DtypeChoice,
+    /// Recompute each decoder layer in the backward instead of keeping its activations.
+    #[arg(long)]
+    gradient_checkpointing: bool,
     /// Print JSON lines instead of text.
     #[arg(long)]
     json: bool,
@@ -67,8 +70,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
         steps: args.steps,
         dtype: args.dtype.resolve_with_config::<AB>(&args.preset, &lalora_backends::device())?,
+        gradient_checkpointing: args.gradient_checkpointing,
     };
     let dtype = config.dtype;
+    let checkpointing = if args.gradient_checkpointing { ", checkpointed" } else { "" };
     let mut bench = Bench::<AB>::new(config, &lalora_backends::device())?;
     let step = bench.train_step()?;
     let wants = |part: BenchPart| args.what.contains(&part);
@@ -100,15 +105,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut report = json!({
             "framework": "lalora", "backend": lalora_backends::NAME, "threads": threads,
             "batch": args.batch_size, "seq": args.seq, "rank": args.rank, "steps": args.steps,
-            "dtype": dtype.name(),
+            "dtype": dtype.name(), "gradient_checkpointing": args.gradient_checkpointing,
         });
         report.as_object_mut().expect("an object").extend(serde_json::to_value(&step)?.as_object().expect("an object").clone());
         println!("{report}");
     } else {
         println!(
-            "train step ({} backend, {} weights, batch {} x seq {}, rank {}): {:.0} tokens/s, mean {:.0} ms, min {:.0} ms, peak RSS {:.0} MiB",
+            "train step ({} backend, {} weights{}, batch {} x seq {}, rank {}): {:.0} tokens/s, mean {:.0} ms, min {:.0} ms, peak RSS {:.0} MiB",
             lalora_backends::NAME,
             dtype,
+            checkpointing,
             args.batch_size,
             args.seq,
             args.rank,
