@@ -10,7 +10,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use serde::Serialize;
 
-use crate::curvature::{adapter_infos, capture_batch, Accumulator, Estimator, FisherType};
+use crate::curvature::{adapter_infos, capture_batch, compress_curvature, Accumulator, Estimator, FisherType};
 use crate::data::{Batch, Sequence};
 use crate::error::{Error, Result};
 use crate::io::save_tensors;
@@ -39,6 +39,8 @@ pub struct BenchConfig {
     pub dtype: WeightDtype,
     /// Recompute each layer in the backward ([`crate::train::accumulate_checkpointed`]).
     pub gradient_checkpointing: bool,
+    /// Compress the captured Kronecker factors to this rank, as `laplace --factor-rank` does.
+    pub factor_rank: Option<usize>,
 }
 
 /// Time of a training step.
@@ -63,8 +65,12 @@ pub struct CurvatureBench {
     pub laplace_s_per_batch: f64,
     /// That time over a training step's.
     pub ratio_to_train_step: f64,
+    /// Seconds to compress the factors to `factor_rank` (0 without).
+    pub compress_s: f64,
     /// Size of `curvature.safetensors`.
     pub curvature_file_mib: f64,
+    /// Peak resident memory of the process after the capture, MiB.
+    pub peak_rss_mib: f64,
     /// The penalty's forward and backward per step, milliseconds.
     pub penalty_ms: f64,
     /// That time over a training step's.
@@ -155,7 +161,14 @@ impl<B: KernelAutodiffBackend> Bench<B> {
             curvature = Some(acc.finish());
             Ok(())
         })?;
-        let curvature = curvature.expect("timed at least once");
+        let mut curvature = curvature.expect("timed at least once");
+        let peak_rss_mib = peak_rss_mib();
+        let mut compress_s = 0.0;
+        if let Some(k) = self.config.factor_rank {
+            let start = Instant::now();
+            curvature = compress_curvature(curvature, k)?;
+            compress_s = start.elapsed().as_secs_f64();
+        }
         let file = std::env::temp_dir().join(format!("lalora-bench-{}.safetensors", std::process::id()));
         save_tensors(&file, curvature.tensors().into_iter().map(|(n, t)| (n, t.into_data())).collect(), None)?;
         let file_mib = std::fs::metadata(&file).map_err(|e| Error::io(&file, e))?.len() as f64 / (1024.0 * 1024.0);
@@ -176,7 +189,9 @@ impl<B: KernelAutodiffBackend> Bench<B> {
             estimator: estimator.name(),
             laplace_s_per_batch: capture_s,
             ratio_to_train_step: capture_s / step_s,
+            compress_s,
             curvature_file_mib: file_mib,
+            peak_rss_mib,
             penalty_ms: penalty_s * 1e3,
             penalty_share_of_step: penalty_s / step_s,
         })

@@ -21,7 +21,7 @@ pub use accumulate::{Accumulator, AdapterInfo, AdapterStats};
 pub use capture::{adapter_infos, capture_batch, tap_stats, FisherType};
 pub use diag::DiagBlock;
 pub use kfac::KfacBlock;
-pub use low_rank::{Factor, LowRankBlock, LowRankFactor};
+pub use low_rank::{compress_curvature, Factor, LowRankBlock, LowRankFactor};
 pub use sum::{CurvatureSum, KroneckerTerm};
 pub use tri_kfac::TriKfacBlock;
 

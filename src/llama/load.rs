@@ -49,8 +49,28 @@ struct RandomInit<'a, B: Backend> {
 
 impl<B: Backend> WeightSource<B> for RandomInit<'_, B> {
     fn matrix(&mut self, _name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>> {
-        let values = TensorData::new(self.rng.normal(shape[0] * shape[1], 0.02), shape);
-        Ok(on_device(in_dtype(values, self.dtype), self.device, self.dtype))
+        let n = shape[0] * shape[1];
+        // Half-precision draws are rounded a block at a time: no f32 copy of a whole tensor
+        // (1 GiB for Llama-3.1-8B's embeddings). The values are the f32 draws, rounded.
+        const BLOCK: usize = 1 << 20;
+        let data = match self.dtype {
+            WeightDtype::F32 => TensorData::new(self.rng.normal(n, 0.02), shape),
+            WeightDtype::Bf16 => {
+                let mut values = Vec::with_capacity(n);
+                (0..n)
+                    .step_by(BLOCK)
+                    .for_each(|i| values.extend(self.rng.normal(BLOCK.min(n - i), 0.02).into_iter().map(half::bf16::from_f32)));
+                TensorData::new(values, shape)
+            }
+            WeightDtype::F16 => {
+                let mut values = Vec::with_capacity(n);
+                (0..n)
+                    .step_by(BLOCK)
+                    .for_each(|i| values.extend(self.rng.normal(BLOCK.min(n - i), 0.02).into_iter().map(half::f16::from_f32)));
+                TensorData::new(values, shape)
+            }
+        };
+        Ok(on_device(data, self.device, self.dtype))
     }
     fn vector(&mut self, _name: &str, len: usize) -> Result<Tensor<B, 1>> {
         Ok(on_device(in_dtype(TensorData::new(vec![1f32; len], [len]), self.dtype), self.device, self.dtype))

@@ -55,6 +55,12 @@ pub struct BenchArgs {
     /// Recompute each decoder layer in the backward instead of keeping its activations.
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// Estimators timed by `--what laplace,penalty`, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "diag,kfac,tri-kfac")]
+    estimators: Vec<Estimator>,
+    /// Compress the captured Kronecker factors to this rank (as `laplace --factor-rank`).
+    #[arg(long)]
+    factor_rank: Option<usize>,
     /// Print JSON lines instead of text.
     #[arg(long)]
     json: bool,
@@ -71,6 +77,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         steps: args.steps,
         dtype: args.dtype.resolve_with_config::<AB>(&args.preset, &lalora_backends::device())?,
         gradient_checkpointing: args.gradient_checkpointing,
+        factor_rank: args.factor_rank,
     };
     let dtype = config.dtype;
     let checkpointing = if args.gradient_checkpointing { ", checkpointed" } else { "" };
@@ -78,7 +85,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let step = bench.train_step()?;
     let wants = |part: BenchPart| args.what.contains(&part);
     if wants(BenchPart::Laplace) || wants(BenchPart::Penalty) {
-        for estimator in [Estimator::Diag, Estimator::Kfac, Estimator::TriKfac] {
+        for &estimator in &args.estimators {
             let c = bench.curvature(estimator, step.step_ms_mean / 1e3)?;
             if args.json {
                 println!("{}", serde_json::to_string(&c)?);
@@ -87,9 +94,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             let mut line = format!("{:>8}:", c.estimator);
             if wants(BenchPart::Laplace) {
                 line += &format!(
-                    " laplace {:.3} s per batch ({:.2}x a train step), curvature file {:.1} MiB",
-                    c.laplace_s_per_batch, c.ratio_to_train_step, c.curvature_file_mib
+                    " laplace {:.3} s per batch ({:.2}x a train step), peak RSS {:.0} MiB, curvature file {:.1} MiB",
+                    c.laplace_s_per_batch, c.ratio_to_train_step, c.peak_rss_mib, c.curvature_file_mib
                 );
+                if args.factor_rank.is_some() {
+                    line += &format!(" (compressed in {:.1} s)", c.compress_s);
+                }
             }
             if wants(BenchPart::Penalty) {
                 line += &format!(" penalty {:.1} ms ({:.2}% of a step)", c.penalty_ms, 100.0 * c.penalty_share_of_step);
