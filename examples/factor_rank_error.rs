@@ -7,10 +7,16 @@
 //! - `adapter`: with `--adapter DIR`, the adapter there minus the anchor (a real fine-tuning
 //!   displacement).
 //!
+//!
+//! With `--preset FILE` instead of `--prior`, the model is that config with random weights
+//! (HF's init), rank-16 offset-init adapters on all seven projections, and a kfac prior fitted
+//! here on 8 sequences of 128 random tokens (only the gaussian direction then).
+//!
 //! ```text
 //! lalora laplace --model models/tiny --data models/tiny/data/source-facts.train.jsonl --out runs/prior
 //! cargo run --release --example factor_rank_error -- --prior runs/prior [--adapter runs/x/adapter] \
 //!     [--model models/tiny] [--ranks 16,32,64,128,256]
+//! cargo run --release --example factor_rank_error -- --preset models/presets/small.json
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -25,7 +31,7 @@ type B = lalora_backends::Backend;
 type Displacement = Vec<(Tensor<B, 2>, Tensor<B, 2>)>;
 
 fn main() -> lalora::Result<()> {
-    let prior_dir = PathBuf::from(flag("--prior").expect("--prior DIR (a prior fitted with full factors)"));
+    let prior_dir = PathBuf::from(flag("--prior").or_else(|| flag("--preset")).expect("--prior DIR (a prior fitted with full factors) or --preset FILE"));
     let model_dir = PathBuf::from(flag("--model").unwrap_or_else(|| "models/tiny".into()));
     let ranks: Vec<usize> = flag("--ranks")
         .unwrap_or_else(|| "16,32,64,128,256".into())
@@ -34,8 +40,13 @@ fn main() -> lalora::Result<()> {
         .collect();
     let device = lalora_backends::device();
 
-    let anchor = LaLoRA::<B>::load(&model_dir, AdapterSource::Peft(prior_dir.join("anchor")), &device)?;
-    let prior = LaplacePrior::load(&prior_dir, &anchor.model)?;
+    let prior = match flag("--preset") {
+        Some(preset) => random_model_prior(Path::new(&preset), &device)?,
+        None => {
+            let anchor = LaLoRA::<B>::load(&model_dir, AdapterSource::Peft(prior_dir.join("anchor")), &device)?;
+            LaplacePrior::load(&prior_dir, &anchor.model)?
+        }
+    };
     let full = prior.curvature.clone().expect("a fitted prior has a curvature");
     if matches!(full, Curvature::LowRank(_) | Curvature::Sum(_) | Curvature::Diag(_)) {
         panic!("the prior must be a single kfac or tri-kfac fit with full factors");
@@ -109,6 +120,24 @@ fn gaussian(
         Tensor::from_data(TensorData::new(v, dims), device)
     };
     shapes.iter().map(|&(a, b)| (normal(a), normal(b))).collect()
+}
+
+/// A kfac prior with full factors on a random-weight model of `preset` (see the module docs).
+fn random_model_prior(preset: &Path, device: &<B as burn::tensor::backend::BackendTypes>::Device) -> lalora::Result<LaplacePrior<B>> {
+    use burn::module::AutodiffModule;
+    use lalora::data::Sequence;
+    use lalora::lora::InitRng;
+    use lalora::{Llama, LlamaConfig, LoraConfig, LoraInit, SourceData};
+    type AB = lalora_backends::AutodiffBackend;
+    let config = LlamaConfig::from_file(preset)?;
+    let lora = LoraConfig::new().with_rank(16).with_alpha(32.0).with_init(LoraInit::Offset);
+    let mut model = LaLoRA::<AB>::from_model(Llama::init_random(&config, 0, device), AdapterSource::Fresh(lora))?;
+    let mut rng = InitRng::new(7);
+    let sequences = (0..8)
+        .map(|_| Sequence::text(rng.uniform(128, 0.5).iter().map(|u| ((u + 0.5) * (config.vocab_size - 1) as f32) as u32).collect()))
+        .collect();
+    model.fit_prior(&[SourceData { name: "random".into(), sequences }], &lalora::LaplaceConfig::new(), false)?;
+    Ok(model.valid().prior.expect("just fitted"))
 }
 
 fn flag(name: &str) -> Option<String> {
