@@ -128,7 +128,7 @@ pub struct Step<'a, B: KernelAutodiffBackend> {
     /// update (whose own decay must then be 0); `None` leaves decay to the optimiser.
     pub decay: Option<DecayToward<'a, B>>,
     /// Recompute each decoder layer in the backward instead of keeping its activations
-    /// ([`super::checkpoint`]); not with `head_grad` or adapter dropout.
+    /// ([`super::accumulate_checkpointed`]); not with `head_grad` or adapter dropout.
     pub checkpointing: bool,
 }
 
