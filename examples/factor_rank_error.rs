@@ -31,7 +31,9 @@ type B = lalora_backends::Backend;
 type Displacement = Vec<(Tensor<B, 2>, Tensor<B, 2>)>;
 
 fn main() -> lalora::Result<()> {
-    let prior_dir = PathBuf::from(flag("--prior").or_else(|| flag("--preset")).expect("--prior DIR (a prior fitted with full factors) or --preset FILE"));
+    let prior_dir = PathBuf::from(
+        flag("--prior").or_else(|| flag("--preset")).expect("--prior DIR (a prior fitted with full factors) or --preset FILE"),
+    );
     let model_dir = PathBuf::from(flag("--model").unwrap_or_else(|| "models/tiny".into()));
     let ranks: Vec<usize> = flag("--ranks")
         .unwrap_or_else(|| "16,32,64,128,256".into())

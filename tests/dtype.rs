@@ -148,3 +148,40 @@ fn half_model_memory_is_half() {
     let bf16_bytes = bytes(&Llama::<TestBackend>::load_as(&dir, &device(), WeightDtype::Bf16).unwrap());
     assert_eq!(2 * bf16_bytes, f32_bytes);
 }
+
+/// Greedy decoding (a merged, f32 decoding copy on flex) continues the same as the f32 model
+/// of the same weights, with an adapter folded in.
+#[test]
+fn bf16_generation_equals_f32_generation_of_the_same_weights() {
+    use lalora::generate::{generate, SamplingConfig};
+    let dir = fixture("llama/bf16_shards");
+    let lora = LoraConfig { init: LoraInit::Offset, rank: 4, seed: 9, ..Default::default() };
+    let prompt = Reference::load(&dir).row(0)[..5].to_vec();
+    let config = SamplingConfig { max_new_tokens: 8, temperature: 0.0, ..Default::default() };
+    let continuation = |dtype: WeightDtype| {
+        let mut model = Llama::<TestBackend>::load_as(&dir, &device(), dtype).unwrap().with_adapters(&lora).unwrap();
+        for adapter in model.adapters_mut() {
+            adapter.lora_b = adapter.lora_b.clone().map(|b| b.mul_scalar(1.5));
+        }
+        generate(&model, &prompt, &config, &[])
+    };
+    // The decoding copy evaluation uses: merged (in f32 on flex), logits as the model's.
+    let mut model = Llama::<TestBackend>::load_as(&dir, &device(), WeightDtype::Bf16).unwrap().with_adapters(&lora).unwrap();
+    for adapter in model.adapters_mut() {
+        adapter.lora_b = adapter.lora_b.clone().map(|b| b.mul_scalar(1.5));
+    }
+    let reference = Reference::load(&dir);
+    let decoding = lalora::generate::decoding_model(&model);
+    let bound = if <TestBackend as KernelBackend>::WIDENS_FROZEN_WEIGHTS { 1e-4 } else { 0.1 };
+    assert_close_report(
+        "decoding copy",
+        &real_logits(&decoding, &reference, &device()),
+        &real_logits(&model, &reference, &device()),
+        bound,
+    );
+    let f32_tokens = continuation(WeightDtype::F32);
+    assert_eq!(f32_tokens.len(), 8);
+    if <TestBackend as KernelBackend>::WIDENS_FROZEN_WEIGHTS {
+        assert_eq!(continuation(WeightDtype::Bf16), f32_tokens);
+    }
+}

@@ -1,10 +1,11 @@
 //! A copy of a model laid out for decoding, where each step multiplies a few rows by every
 //! weight and per-call overheads dominate.
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{FloatDType, Tensor};
 
 use crate::llama::Llama;
-use crate::lora::LoraLinear;
+use crate::lora::{frozen_param, LoraLinear};
+use crate::KernelBackend;
 
 /// A copy of `model` for greedy or sampled decoding, computing the same function:
 ///
@@ -15,12 +16,24 @@ use crate::lora::LoraLinear;
 ///   row by row: on burn-flex a gemm with a few rows then skips repacking the weight
 ///   at every call (decoding steps at batch 8 on the bundled model: ~25% faster).
 ///
+/// - on a backend that widens bf16/f16 weights at each product (flex), the copy is f32, so a
+///   decoding step does not convert every weight again.
+///
 /// Logits differ from the unmerged model's by float rounding only. The copy holds a second
 /// set of projection weights while it lives (the input model is left as it was). The LM head
-/// keeps its layout: re-laying it out would copy the (often tied) embedding matrix for a few
-/// percent.
-pub fn decoding_model<B: Backend>(model: &Llama<B>) -> Llama<B> {
-    let mut model = model.clone().merge_adapters();
+/// keeps its layout and type: re-laying it out would copy the (often tied) embedding matrix for
+/// a few percent.
+pub fn decoding_model<B: KernelBackend>(model: &Llama<B>) -> Llama<B> {
+    let mut model = model.clone();
+    if B::WIDENS_FROZEN_WEIGHTS {
+        // Widened before merging, so the merged weights are not rounded back to bf16/f16.
+        for layer in &mut model.layers {
+            for (_, projection) in layer.projections_mut() {
+                projection.weight = frozen_param(B::widen_weight(projection.weight.val(), FloatDType::F32));
+            }
+        }
+    }
+    let mut model = model.merge_adapters();
     for layer in &mut model.layers {
         for (_, projection) in layer.projections_mut() {
             *projection = LoraLinear::frozen(row_major_transpose(projection.weight.val()));
@@ -30,7 +43,7 @@ pub fn decoding_model<B: Backend>(model: &Llama<B>) -> Llama<B> {
 }
 
 /// `weight` (`[rows, cols]`) as the transposed view of a contiguous `[cols, rows]` copy.
-fn row_major_transpose<B: Backend>(weight: Tensor<B, 2>) -> Tensor<B, 2> {
+fn row_major_transpose<B: KernelBackend>(weight: Tensor<B, 2>) -> Tensor<B, 2> {
     let (device, dtype) = (weight.device(), weight.dtype());
     Tensor::<B, 2>::from_data(weight.transpose().into_data(), (&device, dtype)).transpose()
 }
