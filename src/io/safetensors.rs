@@ -140,12 +140,7 @@ impl TensorFiles {
             _ => None,
         };
         if dtype == WeightDtype::F32 || stored != Some(dtype) {
-            let data = self.read_f32(name, expected)?;
-            return Ok(match dtype {
-                WeightDtype::F32 => data,
-                WeightDtype::Bf16 => data.convert::<half::bf16>(),
-                WeightDtype::F16 => data.convert::<half::f16>(),
-            });
+            return Ok(dtype.convert(self.read_f32(name, expected)?));
         }
         if info.shape != expected {
             return Err(Error::TensorShape {

@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-use burn::tensor::{DType, FloatDType};
+use burn::tensor::{DType, FloatDType, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -60,6 +60,16 @@ impl WeightDtype {
         match self {
             WeightDtype::F32 => 4,
             WeightDtype::Bf16 | WeightDtype::F16 => 2,
+        }
+    }
+
+    /// Host data converted to this type (f32 values rounded to nearest even, as
+    /// `tensor.to(dtype)` in torch).
+    pub fn convert(self, data: TensorData) -> TensorData {
+        match self {
+            WeightDtype::F32 => data.convert::<f32>(),
+            WeightDtype::Bf16 => data.convert::<half::bf16>(),
+            WeightDtype::F16 => data.convert::<half::f16>(),
         }
     }
 

@@ -50,40 +50,27 @@ struct RandomInit<'a, B: Backend> {
 impl<B: Backend> WeightSource<B> for RandomInit<'_, B> {
     fn matrix(&mut self, _name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>> {
         let n = shape[0] * shape[1];
-        // Half-precision draws are rounded a block at a time: no f32 copy of a whole tensor
-        // (1 GiB for Llama-3.1-8B's embeddings). The values are the f32 draws, rounded.
-        const BLOCK: usize = 1 << 20;
         let data = match self.dtype {
             WeightDtype::F32 => TensorData::new(self.rng.normal(n, 0.02), shape),
-            WeightDtype::Bf16 => {
-                let mut values = Vec::with_capacity(n);
-                (0..n)
-                    .step_by(BLOCK)
-                    .for_each(|i| values.extend(self.rng.normal(BLOCK.min(n - i), 0.02).into_iter().map(half::bf16::from_f32)));
-                TensorData::new(values, shape)
-            }
-            WeightDtype::F16 => {
-                let mut values = Vec::with_capacity(n);
-                (0..n)
-                    .step_by(BLOCK)
-                    .for_each(|i| values.extend(self.rng.normal(BLOCK.min(n - i), 0.02).into_iter().map(half::f16::from_f32)));
-                TensorData::new(values, shape)
-            }
+            WeightDtype::Bf16 => TensorData::new(normal_rounded(&mut self.rng, n, half::bf16::from_f32), shape),
+            WeightDtype::F16 => TensorData::new(normal_rounded(&mut self.rng, n, half::f16::from_f32), shape),
         };
         Ok(on_device(data, self.device, self.dtype))
     }
     fn vector(&mut self, _name: &str, len: usize) -> Result<Tensor<B, 1>> {
-        Ok(on_device(in_dtype(TensorData::new(vec![1f32; len], [len]), self.dtype), self.device, self.dtype))
+        Ok(on_device(self.dtype.convert(TensorData::new(vec![1f32; len], [len])), self.device, self.dtype))
     }
 }
 
-/// f32 host data rounded to `dtype` (nearest even).
-fn in_dtype(data: TensorData, dtype: WeightDtype) -> TensorData {
-    match dtype {
-        WeightDtype::F32 => data,
-        WeightDtype::Bf16 => data.convert::<half::bf16>(),
-        WeightDtype::F16 => data.convert::<half::f16>(),
+/// `n` draws of normal(0, 0.02) rounded by `round`, a block at a time: no f32 copy of the whole
+/// tensor (1 GiB for Llama-3.1-8B's embeddings). The values are the f32 draws, rounded.
+fn normal_rounded<T>(rng: &mut InitRng, n: usize, round: fn(f32) -> T) -> Vec<T> {
+    const BLOCK: usize = 1 << 20;
+    let mut values = Vec::with_capacity(n);
+    for start in (0..n).step_by(BLOCK) {
+        values.extend(rng.normal(BLOCK.min(n - start), 0.02).into_iter().map(round));
     }
+    values
 }
 
 fn build<B: Backend>(config: &LlamaConfig, source: &mut impl WeightSource<B>, lm_head_stored: bool) -> Result<Llama<B>> {
