@@ -789,3 +789,24 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `--gradient-checkpointing` computes the same gradients, so a resume may turn it on: the
+/// run ends at the adapter of an uninterrupted run without it, byte for byte (the Laplace
+/// penalty on, so its separate backward is part of the step).
+#[test]
+fn a_resume_may_turn_gradient_checkpointing_on() {
+    let (model, source, target) = cli_workspace("rd-checkpointing");
+    let prior = model.join("prior");
+    fit_prior(&model, &source, &prior, "0");
+    let penalty = ["--method", "lalora", "--laplace", s(&prior), "--lambda", "1"];
+    let plain = model.join("run-plain");
+    ok(&with(&small_train_args(&model, &target, &plain), &penalty));
+    let resumed = model.join("run-resumed");
+    let base = with(&small_train_args(&model, &target, &resumed), &penalty);
+    ok(&with(&base, &["--stop-after", "2"]));
+    ok(&with(&base, &["--resume", "--gradient-checkpointing"]));
+    let adapter = |run: &Path| std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap();
+    assert_eq!(adapter(&resumed), adapter(&plain), "checkpointed steps moved the adapter elsewhere");
+    let log = std::fs::read_to_string(resumed.join("log.jsonl")).unwrap();
+    assert!(log.contains("gradient_checkpointing"), "the change is logged:\n{log}");
+}

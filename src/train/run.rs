@@ -135,7 +135,11 @@ pub(crate) fn train<B: KernelAutodiffBackend>(
         let laplace = if let Penalty::Laplace { .. } = config.penalty { prior.map(|(p, _)| p) } else { None };
         let inputs = RunInputs::of(&model, data.sequences, laplace, &control.input_files);
         let record = RunRecord { lora: lora.clone(), train: config.clone(), inputs };
-        run.begin(&record, control.resume, &control.allow_changes, &control.run_files)?;
+        // Checkpointing computes the same gradients: a resume may turn it on or off (and a run
+        // recorded before the setting existed resumes).
+        let mut allowed = control.allow_changes.clone();
+        allowed.push("train.gradient_checkpointing".into());
+        run.begin(&record, control.resume, &allowed, &control.run_files)?;
         if control.resume {
             let state;
             (model, optim, state) = run.resume(model, optim)?;
