@@ -114,8 +114,8 @@ impl TensorFiles {
         Ok(self.info(name)?.1.shape.clone())
     }
 
-    /// Reads a floating-point tensor as f32, checking its shape against `expected`.
-    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<TensorData> {
+    /// A tensor's file and metadata, its stored shape checked against `expected`.
+    fn info_with_shape(&self, name: &str, expected: &[usize]) -> Result<(&MappedFile, &TensorInfo)> {
         let (file, info) = self.info(name)?;
         if info.shape != expected {
             return Err(Error::TensorShape {
@@ -125,6 +125,12 @@ impl TensorFiles {
                 expected: expected.to_vec(),
             });
         }
+        Ok((file, info))
+    }
+
+    /// Reads a floating-point tensor as f32, checking its shape against `expected`.
+    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<TensorData> {
+        let (_, info) = self.info_with_shape(name, expected)?;
         let values = self.read_f32_values(name)?;
         Ok(TensorData::new(values, info.shape.clone()))
     }
@@ -133,8 +139,7 @@ impl TensorFiles {
     /// tensor stored in that type is copied as it is, any other is rounded to nearest even
     /// (as `tensor.to(dtype)` in torch).
     pub fn read_as(&self, name: &str, expected: &[usize], dtype: WeightDtype) -> Result<TensorData> {
-        let (file, info) = self.info(name)?;
-        let stored = match info.dtype {
+        let stored = match self.info(name)?.1.dtype {
             Dtype::BF16 => Some(WeightDtype::Bf16),
             Dtype::F16 => Some(WeightDtype::F16),
             _ => None,
@@ -142,14 +147,7 @@ impl TensorFiles {
         if dtype == WeightDtype::F32 || stored != Some(dtype) {
             return Ok(dtype.convert(self.read_f32(name, expected)?));
         }
-        if info.shape != expected {
-            return Err(Error::TensorShape {
-                path: file.path.clone(),
-                name: name.to_string(),
-                found: info.shape.clone(),
-                expected: expected.to_vec(),
-            });
-        }
+        let (file, info) = self.info_with_shape(name, expected)?;
         let (start, end) = info.data_offsets;
         let bytes = file.map[file.data_start + start..file.data_start + end].to_vec();
         Ok(TensorData::from_bytes_vec(bytes, info.shape.clone(), dtype.dtype()))

@@ -44,6 +44,19 @@ vectorized! {
     }
 }
 
+/// One token's logits -> its `weight * (softmax - onehot(target))` (zeros for weight 0, whose
+/// target is not read); returns its weighted negative log-likelihood.
+fn token_grad_row(row: &mut [f32], target: i64, weight: f32) -> f64 {
+    if weight == 0.0 {
+        row.fill(0.0);
+        return 0.0;
+    }
+    let vocab = row.len();
+    let index = usize::try_from(target).ok().filter(|&t| t < vocab);
+    let index = index.unwrap_or_else(|| panic!("lm_head_loss: target {target} outside the vocabulary of {vocab}"));
+    softmax_grad_row(row, index, weight)
+}
+
 /// What one run of tasks accumulates.
 struct Partial {
     logits: Vec<f32>,
@@ -73,15 +86,7 @@ pub fn head_loss(h: &[f32], w: &[f32], targets: &[i64], weights: &[f32], d: usiz
                 // SAFETY: h_blk is rows x d, the head vocab x d, logits rows x vocab.
                 unsafe { matmul(rows, vocab, d, logits.as_mut_ptr(), vocab, false, h_blk, Mat::rows(w, d).t(), 1.0, false) };
                 for (r, row) in logits.chunks_exact_mut(vocab).enumerate() {
-                    let weight = weights[r0 + r];
-                    if weight == 0.0 {
-                        row.fill(0.0);
-                        continue;
-                    }
-                    let target = usize::try_from(targets[r0 + r]).ok().filter(|&t| t < vocab);
-                    let target =
-                        target.unwrap_or_else(|| panic!("lm_head_loss: target {} outside the vocabulary of {vocab}", targets[r0 + r]));
-                    part.nll += softmax_grad_row(row, target, weight);
+                    part.nll += token_grad_row(row, targets[r0 + r], weights[r0 + r]);
                 }
                 // SAFETY: rows r0..r1 of dh belong to this block alone.
                 unsafe {
@@ -133,20 +138,7 @@ pub fn head_loss_chunked(
         // SAFETY: logits[:, v0..v1] (row stride vocab) is tokens x (v1 - v0); h is tokens x d.
         unsafe { matmul(tokens, v1 - v0, d, logits.as_mut_ptr().add(v0), vocab, false, Mat::rows(h, d), Mat::rows(w, d).t(), 1.0, true) };
     }
-    let nll: f64 = logits
-        .par_chunks_mut(vocab.max(1))
-        .enumerate()
-        .map(|(t, row)| {
-            let weight = weights[t];
-            if weight == 0.0 {
-                row.fill(0.0);
-                return 0.0;
-            }
-            let target = usize::try_from(targets[t]).ok().filter(|&x| x < vocab);
-            let target = target.unwrap_or_else(|| panic!("lm_head_loss: target {} outside the vocabulary of {vocab}", targets[t]));
-            softmax_grad_row(row, target, weight)
-        })
-        .sum();
+    let nll: f64 = logits.par_chunks_mut(vocab.max(1)).enumerate().map(|(t, row)| token_grad_row(row, targets[t], weights[t])).sum();
     let mut dh = vec![0f32; tokens * d];
     for (i, (v0, v1)) in chunks().enumerate() {
         let w = &mut chunk[..(v1 - v0) * d];

@@ -31,12 +31,7 @@ fn values(t: &FlexTensor) -> &[f32] {
 }
 
 /// A flex tensor owning `data` (no copy).
-fn tensor<const D: usize>(data: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(TensorData::new(data, shape))))
-}
-
-/// A flex tensor owning `data` (no copy), any shape.
-fn tensor_of_shape<const D: usize>(data: Vec<f32>, shape: burn::tensor::Shape) -> Tensor<Flex, D> {
+fn tensor<const D: usize>(data: Vec<f32>, shape: impl Into<burn::tensor::Shape>) -> Tensor<Flex, D> {
     Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(TensorData::new(data, shape))))
 }
 
@@ -49,7 +44,7 @@ fn widen_to_f32<const D: usize>(weight: Tensor<Flex, D>) -> Tensor<Flex, D> {
     let n = weight.shape().num_elements();
     let mut out = vec![0f32; n];
     narrow.widen(0, n, &mut out);
-    tensor_of_shape(out, weight.shape())
+    tensor(out, weight.shape())
 }
 
 /// A contiguous bf16 or f16 buffer.
