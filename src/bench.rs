@@ -41,6 +41,9 @@ pub struct BenchConfig {
     pub gradient_checkpointing: bool,
     /// Compress the captured Kronecker factors to this rank, as `laplace --factor-rank` does.
     pub factor_rank: Option<usize>,
+    /// With `factor_rank`: sketch the factors during the capture, as `laplace --factor-sketch`
+    /// does (the capture's time then includes the sketch's eigenpairs).
+    pub factor_sketch: bool,
 }
 
 /// Time of a training step.
@@ -156,7 +159,11 @@ impl<B: KernelAutodiffBackend> Bench<B> {
     pub fn curvature(&self, estimator: Estimator, step_s: f64) -> Result<CurvatureBench> {
         let mut curvature = None;
         let (capture_s, _) = time_it(self.config.warmup.min(1), self.config.steps, || {
-            let mut acc = Accumulator::new(estimator, adapter_infos(&self.model));
+            let infos = adapter_infos(&self.model);
+            let mut acc = match (self.config.factor_sketch, self.config.factor_rank) {
+                (true, Some(k)) => Accumulator::sketched(estimator, infos, k, &self.model.embed_tokens.device()),
+                _ => Accumulator::new(estimator, infos),
+            };
             capture_batch(&self.model, &self.batch, FisherType::Mc { samples: 1 }, &mut acc);
             curvature = Some(acc.finish());
             Ok(())
@@ -164,7 +171,7 @@ impl<B: KernelAutodiffBackend> Bench<B> {
         let mut curvature = curvature.expect("timed at least once");
         let peak_rss_mib = peak_rss_mib();
         let mut compress_s = 0.0;
-        if let Some(k) = self.config.factor_rank {
+        if let (Some(k), false) = (self.config.factor_rank, self.config.factor_sketch) {
             let start = Instant::now();
             curvature = compress_curvature(curvature, k)?;
             compress_s = start.elapsed().as_secs_f64();

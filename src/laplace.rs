@@ -63,6 +63,12 @@ pub struct LaplaceConfig {
     /// penalty then need no `[d, d]` matrix. Default `None`: every factor full.
     #[config(default = "None")]
     pub factor_rank: Option<usize>,
+    /// Fit the compressed factors from one-pass sketches ([`crate::curvature::sketch`])
+    /// instead of compressing dense ones at the end: the fit then never holds a `[d, d]`
+    /// matrix (kfac of an 8B model in a few GiB instead of ~92), at some accuracy. Needs
+    /// `factor_rank`. Default false.
+    #[config(default = false)]
+    pub factor_sketch: bool,
 }
 
 impl LaplaceConfig {
@@ -82,6 +88,9 @@ impl LaplaceConfig {
         }
         if self.factor_rank == Some(0) {
             return Err(Error::arg("factor-rank", "must be at least 1 (None means full factors)"));
+        }
+        if self.factor_sketch && self.factor_rank.is_none() {
+            return Err(Error::arg("factor-sketch", "sketches the factors for --factor-rank K: give a factor rank too"));
         }
         Ok(())
     }
@@ -153,6 +162,10 @@ pub struct LaplaceMeta {
     /// low-rank factors existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub factor_rank: Option<usize>,
+    /// The compressed factors were fitted from one-pass sketches ([`crate::curvature::sketch`]),
+    /// not from the dense factors; absent: from the dense factors.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub factor_sketch: bool,
     /// For a prior accumulated over several fits (continual learning, see
     /// [`crate::continual`]): each fit and its weight in the curvature, oldest first. Empty for
     /// a single fit. When `curvature.safetensors` holds a sum (`terms.{k}.` names), entry k
@@ -472,7 +485,10 @@ pub fn fit<B: KernelAutodiffBackend>(
     B::seed(&device, config.seed);
     let (batches, notes) = source_batches(sources, config, &device);
     let progress = Progress::new(progress, batches.len() as u64, &format!("fit {}", config.estimator.name()));
-    let mut acc = Accumulator::new(config.estimator, adapter_infos(model));
+    let mut acc = match (config.factor_sketch, config.factor_rank) {
+        (true, Some(k)) => Accumulator::sketched(config.estimator, adapter_infos(model), k, &device),
+        _ => Accumulator::new(config.estimator, adapter_infos(model)),
+    };
     for batch in &batches {
         capture_batch(model, batch, config.fisher, &mut acc);
         progress.inc(1);
@@ -498,11 +514,12 @@ pub fn fit<B: KernelAutodiffBackend>(
 
 /// A fit's summed curvature in the form `meta` records: its large Kronecker factors compressed
 /// when `meta.factor_rank` is set (after every sum, so single-device and data-parallel fits
-/// store the same thing), as summed otherwise.
+/// store the same thing), as summed otherwise. A sketched fit comes compressed already.
 pub(crate) fn stored_form<B: Backend>(curvature: Curvature<B>, meta: &LaplaceMeta) -> crate::Result<Curvature<B>> {
-    match meta.factor_rank {
-        Some(k) => compress_curvature(curvature, k),
-        None => Ok(curvature),
+    match (meta.factor_rank, curvature) {
+        (Some(_), c @ Curvature::LowRank(_)) if meta.factor_sketch => Ok(c),
+        (Some(k), c) => compress_curvature(c, k),
+        (None, c) => Ok(c),
     }
 }
 
@@ -528,6 +545,7 @@ pub(crate) fn fit_meta(lora: &LoraConfig, sources: &[SourceData], config: &Lapla
         lalora_version: env!("CARGO_PKG_VERSION").to_string(),
         // The diagonal has no Kronecker factors: a factor rank means nothing there.
         factor_rank: if config.estimator == Estimator::Diag { None } else { config.factor_rank },
+        factor_sketch: config.estimator != Estimator::Diag && config.factor_sketch,
         terms: Vec::new(),
         files: BTreeMap::new(),
     }

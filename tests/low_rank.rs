@@ -287,6 +287,10 @@ fn compressed_tri_kfac_of_token_statistics_stays_psd() {
 }
 
 fn fit_with(estimator: Estimator, factor_rank: Option<usize>) -> LaplacePrior<AB> {
+    fit_sketched(estimator, factor_rank, false)
+}
+
+fn fit_sketched(estimator: Estimator, factor_rank: Option<usize>, sketch: bool) -> LaplacePrior<AB> {
     let (model, lora) = gqa_with_all7_adapter();
     let config = LaplaceConfig::new()
         .with_estimator(estimator)
@@ -294,8 +298,75 @@ fn fit_with(estimator: Estimator, factor_rank: Option<usize>) -> LaplacePrior<AB
         .with_prior_precision(0.1)
         .with_batches_per_source(1)
         .with_batch_size(3)
-        .with_factor_rank(factor_rank);
+        .with_factor_rank(factor_rank)
+        .with_factor_sketch(sketch);
     fit(&model, &lora, &reference_rows("reference", &[0, 1, 2]), &config, false).unwrap().0
+}
+
+/// `U diag(s) U^T + diag(rem)` (or the dense factor) in f64.
+fn materialise(f: &lalora::curvature::Factor<AB>) -> Mat {
+    match f {
+        lalora::curvature::Factor::Dense(m) => Mat::from_tensor(m),
+        lalora::curvature::Factor::LowRank(f) => {
+            let (u, s, rem) = (Mat::from_tensor(&f.vectors), values(&f.values), values(&f.remainder));
+            add(&mul(&mul(&u, &diagonal(&s)), &transpose(&u)), &diagonal(&rem))
+        }
+    }
+}
+
+#[test]
+fn a_full_width_sketch_fits_the_compressed_full_fit() {
+    // k = 60 on the gqa fixture: the 64- and 128-wide factors are compressed, and their
+    // sketches are 2k + 8 >= d columns wide, i.e. exact; so the one-pass fit must give what
+    // compressing the dense factors gives.
+    let (model, _) = gqa_with_all7_adapter();
+    for estimator in [Estimator::Kfac, Estimator::TriKfac] {
+        let sketched = fit_sketched(estimator, Some(60), true);
+        let dense = fit_sketched(estimator, Some(60), false);
+        assert!(sketched.meta.as_ref().unwrap().factor_sketch && !dense.meta.as_ref().unwrap().factor_sketch);
+        let (c, expected) = (sketched.curvature.as_ref().unwrap(), dense.curvature.as_ref().unwrap());
+        assert!(matches!(c, Curvature::LowRank(_)));
+        let mut rng = Normals(0x5ce7);
+        for (i, a) in model.adapters().iter().enumerate() {
+            let ([r, d_in], [d_out, _]) = (a.lora_a.val().dims(), a.lora_b.val().dims());
+            let (d_a, d_b) = (tensor::<AB>(&rng.mat(r, d_in)), tensor::<AB>(&rng.mat(d_out, r)));
+            let (x, y) = (values(&c.quadratic(i, d_a.clone(), d_b.clone()))[0], values(&expected.quadratic(i, d_a, d_b))[0]);
+            println!("{} block {i}: sketched {x:.6e} vs dense-compressed {y:.6e}", estimator.name());
+            assert!((x - y).abs() <= 1e-5 * y.abs(), "{}: block {i}: {x} vs {y}", estimator.name());
+        }
+    }
+}
+
+#[test]
+fn a_narrow_sketch_keeps_the_trace_and_tri_kfac_psd() {
+    // k = 4: sketches of 16 columns for 32..128-wide factors. The estimate is approximate,
+    // but the diagonal is exact (so the trace is the full fit's) and tri-kfac stays PSD.
+    let full = fit_sketched(Estimator::TriKfac, None, false);
+    let low = fit_sketched(Estimator::TriKfac, Some(4), true);
+    let (Curvature::TriKfac(full), Some(Curvature::LowRank(low))) = (full.curvature.unwrap(), low.curvature) else { panic!("kinds") };
+    for (f, b) in full.iter().zip(&low) {
+        let kfac = &f.kfac;
+        let expected = kfac.trace();
+        assert!((b.trace() - expected).abs() <= 1e-4 * expected, "{}: trace {} vs {expected}", b.path, b.trace());
+        let m = joint(
+            &materialise(&b.x_a),
+            &Mat::from_tensor(&b.g_a),
+            &Mat::from_tensor(&b.x_b),
+            &materialise(&b.g_b),
+            Some((&Mat::from_tensor(b.g_ab.as_ref().unwrap()), &Mat::from_tensor(b.x_ab.as_ref().unwrap()))),
+        );
+        // nalgebra's eigensolver: the joint blocks are up to 2048 wide, too slow for Jacobi.
+        let e = nalgebra::DMatrix::from_row_slice(m.rows, m.cols, &m.data).symmetric_eigenvalues();
+        let max = e.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+        let min = e.iter().fold(f64::INFINITY, |a, &b| a.min(b));
+        assert!(min >= -1e-5 * max, "{}: sketched tri-kfac has min/max eigenvalue {:.3e}", b.path, min / max);
+    }
+}
+
+#[test]
+fn a_sketch_needs_a_factor_rank() {
+    let err = LaplaceConfig::new().with_factor_sketch(true).validate().unwrap_err();
+    assert!(err.to_string().contains("factor-sketch") && err.to_string().contains("factor rank"), "{err}");
 }
 
 #[test]
@@ -378,7 +449,7 @@ fn randomized_eigenpairs_match_the_known_top_eigenspace() {
     let m = known(d, k, 3.0, &mut rng);
     let (f, u) = Factor::compress_randomized(tensor::<AB>(&m.m), k);
     assert_mat_close("randomized k=5 vs the known compression", &dense(&f), &m.compressed, 1e-4);
-    assert_eq!(u.unwrap().shape(), (d, k));
+    assert_eq!(u.unwrap().basis.shape(), (d, k));
     // A factor of rank <= k is recovered exactly.
     let low = gram(3, d, &mut rng);
     let (f, _) = Factor::compress_randomized(tensor::<AB>(&low), k);

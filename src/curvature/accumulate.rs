@@ -6,10 +6,13 @@
 //! the chosen estimator's running sums (which live with the estimator, in `diag.rs`, `kfac.rs`
 //! and `tri_kfac.rs`); [`Accumulator::finish`] divides by the token count once.
 
+use std::collections::HashMap;
+
 use burn::tensor::{backend::Backend, Tensor};
 
 use super::diag::DiagSums;
 use super::kfac::{KfacSums, SharedInputs};
+use super::sketch::test_matrix;
 use super::tri_kfac::TriKfacSums;
 use super::{Curvature, Estimator};
 
@@ -71,6 +74,8 @@ pub struct Accumulator<B: Backend> {
     adapters: Vec<AdapterInfo>,
     sums: Sums<B>,
     tokens: usize,
+    /// Set by [`Self::sketched`]: the factor rank the sums finish compressed at.
+    sketch_rank: Option<usize>,
 }
 
 impl<B: Backend> Accumulator<B> {
@@ -82,7 +87,24 @@ impl<B: Backend> Accumulator<B> {
             Estimator::Kfac => Sums::Kfac(vec![KfacSums::default(); n]),
             Estimator::TriKfac => Sums::TriKfac(vec![TriKfacSums::default(); n]),
         };
-        Accumulator { adapters, sums, tokens: 0 }
+        Accumulator { adapters, sums, tokens: 0, sketch_rank: None }
+    }
+
+    /// An accumulator that keeps every kfac / tri-kfac factor larger than `factor_rank` as a
+    /// one-pass sketch ([`super::sketch`]), never a `[d, d]` matrix; [`Self::finish`] then
+    /// returns the compressed curvature (as [`super::compress_curvature`] would return it for
+    /// the dense sums, up to the sketch's error). A diagonal has no factors to sketch and is
+    /// summed as [`Self::new`] sums it.
+    pub fn sketched(estimator: Estimator, adapters: Vec<AdapterInfo>, factor_rank: usize, device: &B::Device) -> Self {
+        // One test matrix per factor size, shared by every factor of that size.
+        let mut matrices: HashMap<usize, Tensor<B, 2>> = HashMap::new();
+        let mut matrix_for = |d: usize| matrices.entry(d).or_insert_with(|| test_matrix(d, factor_rank, device)).clone();
+        let sums = match estimator {
+            Estimator::Diag => return Self::new(estimator, adapters),
+            Estimator::Kfac => Sums::Kfac(adapters.iter().map(|a| KfacSums::sketched(a, factor_rank, &mut matrix_for)).collect()),
+            Estimator::TriKfac => Sums::TriKfac(adapters.iter().map(|a| TriKfacSums::sketched(a, factor_rank, &mut matrix_for)).collect()),
+        };
+        Accumulator { adapters, sums, tokens: 0, sketch_rank: Some(factor_rank) }
     }
 
     /// The adapters, in order.
@@ -151,7 +173,8 @@ impl<B: Backend> Accumulator<B> {
     }
 
     /// The per-token-average curvature: every sum divided by the token count (with the scale
-    /// factors each estimator applies).
+    /// factors each estimator applies); compressed ([`Curvature::LowRank`]) for a
+    /// [`Self::sketched`] kfac or tri-kfac accumulator.
     ///
     /// # Panics
     /// If no tokens were observed.
@@ -159,6 +182,17 @@ impl<B: Backend> Accumulator<B> {
         assert!(self.tokens > 0, "no loss-carrying tokens were observed");
         let n = self.tokens as f64;
         let infos = self.adapters.into_iter();
+        if let Some(k) = self.sketch_rank {
+            match self.sums {
+                Sums::Kfac(sums) => {
+                    return Curvature::LowRank(infos.zip(sums).map(|(info, s)| s.finish_compressed(info, n, k, None)).collect())
+                }
+                Sums::TriKfac(sums) => {
+                    return Curvature::LowRank(infos.zip(sums).map(|(info, s)| s.finish_compressed(info, n, k)).collect())
+                }
+                Sums::Diag(_) => unreachable!("a diagonal accumulator is never sketched"),
+            }
+        }
         match self.sums {
             Sums::Diag(sums) => Curvature::Diag(infos.zip(sums).map(|(info, s)| s.finish(info, n)).collect()),
             Sums::Kfac(sums) => Curvature::Kfac(infos.zip(sums).map(|(info, s)| s.finish(info, n)).collect()),

@@ -11,6 +11,8 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use super::accumulate::{add, token_outer, AdapterInfo};
 use super::inner;
+use super::low_rank::{is_compressed, Factor, LowRankBlock, Projection};
+use super::sketch::{FactorSketch, SketchTerm};
 
 /// The Kronecker factors of one adapter.
 #[derive(Module, Debug)]
@@ -75,43 +77,133 @@ impl<B: Backend> KfacBlock<B> {
     }
 }
 
+/// The running sum of one large Kronecker factor (`X_A` or `G_B`): dense, or a one-pass
+/// sketch ([`super::sketch`]) when the fit compresses it as it goes.
+#[derive(Debug, Clone)]
+pub(crate) enum FactorSum<B: Backend> {
+    /// `sum_t v_t v_t^T`.
+    Dense(Option<Tensor<B, 2>>),
+    /// `(M Omega, diag(M))`.
+    Sketch(FactorSketch<B>),
+}
+
+impl<B: Backend> Default for FactorSum<B> {
+    fn default() -> Self {
+        FactorSum::Dense(None)
+    }
+}
+
+/// One pass's contribution to a [`FactorSum`].
+#[derive(Debug, Clone)]
+pub(crate) enum FactorTerm<B: Backend> {
+    Dense(Tensor<B, 2>),
+    Sketch(SketchTerm<B>),
+}
+
+impl<B: Backend> FactorSum<B> {
+    /// The term of `V^T V` for the tokens `v: [batch, seq, d]`, times `weight`.
+    fn term(&self, v: &Tensor<B, 3>, weight: f64) -> FactorTerm<B> {
+        match self {
+            FactorSum::Dense(_) => FactorTerm::Dense(token_outer(v, v).mul_scalar(weight)),
+            FactorSum::Sketch(sketch) => FactorTerm::Sketch(sketch.term(v).scaled(weight)),
+        }
+    }
+
+    fn add(&mut self, term: FactorTerm<B>) {
+        match (self, term) {
+            (FactorSum::Dense(sum), FactorTerm::Dense(t)) => add(sum, t),
+            (FactorSum::Sketch(sketch), FactorTerm::Sketch(t)) => sketch.add(t),
+            _ => unreachable!("a factor's terms have its own kind (adapters sharing an input share its size)"),
+        }
+    }
+
+    /// The dense average `factor * sum`.
+    fn finish_dense(self, factor: f64) -> Tensor<B, 2> {
+        match self {
+            FactorSum::Dense(sum) => sum.expect("statistic observed").mul_scalar(factor),
+            FactorSum::Sketch(_) => unreachable!("a sketched fit finishes compressed"),
+        }
+    }
+
+    /// `factor * sum` compressed at rank k, with its cross-factor map (`None` when dense).
+    fn finish_compressed(self, factor: f64, k: usize) -> (Factor<B>, Option<Projection>) {
+        match self {
+            FactorSum::Dense(sum) => Factor::compress(sum.expect("statistic observed").mul_scalar(factor), k),
+            FactorSum::Sketch(sketch) => {
+                let (f, map) = sketch.finish(factor, k);
+                (f, Some(map))
+            }
+        }
+    }
+}
+
 /// Running sums of the Kronecker factors of one adapter.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct KfacSums<B: Backend> {
-    x_a: Option<Tensor<B, 2>>,
+    x_a: FactorSum<B>,
     g_a: Option<Tensor<B, 2>>,
     x_b: Option<Tensor<B, 2>>,
-    g_b: Option<Tensor<B, 2>>,
+    g_b: FactorSum<B>,
 }
 
-/// `X_A` sums of one forward pass, keyed by [`AdapterInfo::input`]: adapters that read the same
+/// `X_A` terms of one forward pass, keyed by [`AdapterInfo::input`]: adapters that read the same
 /// tensor (q/k/v, gate/up) compute it once.
-pub(crate) type SharedInputs<B> = HashMap<String, Tensor<B, 2>>;
+pub(crate) type SharedInputs<B> = HashMap<String, FactorTerm<B>>;
 
 impl<B: Backend> KfacSums<B> {
+    /// Sums that sketch `X_A` and `G_B` where they are larger than `k` ([`super::sketch`]);
+    /// `test_matrix(d)` gives the sketch's test matrix for size d.
+    pub fn sketched(info: &AdapterInfo, k: usize, test_matrix: &mut impl FnMut(usize) -> Tensor<B, 2>) -> Self {
+        let [d_out, d_in] = info.dims;
+        let mut factor = |d: usize| {
+            if is_compressed(d, Some(k)) {
+                FactorSum::Sketch(FactorSketch::new(test_matrix(d)))
+            } else {
+                FactorSum::Dense(None)
+            }
+        };
+        KfacSums { x_a: factor(d_in), g_a: None, x_b: None, g_b: factor(d_out) }
+    }
+
     /// Adds the input factors of one forward pass; `x`, `z` already masked to loss positions.
     pub fn observe_inputs(&mut self, info: &AdapterInfo, x: &Tensor<B, 3>, z: &Tensor<B, 3>, shared: &mut SharedInputs<B>) {
-        let x_a = shared.entry(info.input.clone()).or_insert_with(|| token_outer(x, x)).clone();
-        add(&mut self.x_a, x_a);
+        let x_a = shared.entry(info.input.clone()).or_insert_with(|| self.x_a.term(x, 1.0)).clone();
+        self.x_a.add(x_a);
         add(&mut self.x_b, token_outer(z, z));
     }
 
     /// Adds the gradient factors of one backward pass, weighted; `g`, `h` already masked.
     pub fn observe_gradients(&mut self, g: &Tensor<B, 3>, h: &Tensor<B, 3>, weight: f64) {
         add(&mut self.g_a, token_outer(h, h).mul_scalar(weight));
-        add(&mut self.g_b, token_outer(g, g).mul_scalar(weight));
+        let g_b = self.g_b.term(g, weight);
+        self.g_b.add(g_b);
     }
 
     /// The per-token averages, with `s^2` applied to `G_B`.
     pub fn finish(self, info: AdapterInfo, tokens: f64) -> KfacBlock<B> {
-        let take = |t: Option<Tensor<B, 2>>, factor: f64| t.expect("statistic observed").mul_scalar(factor / tokens);
+        let take = |t: Option<Tensor<B, 2>>| t.expect("statistic observed").mul_scalar(1.0 / tokens);
         KfacBlock {
-            x_a: take(self.x_a, 1.0),
-            g_a: take(self.g_a, 1.0),
-            x_b: take(self.x_b, 1.0),
-            g_b: take(self.g_b, info.scale * info.scale),
+            x_a: self.x_a.finish_dense(1.0 / tokens),
+            g_a: take(self.g_a),
+            x_b: take(self.x_b),
+            g_b: self.g_b.finish_dense(info.scale * info.scale / tokens),
             path: info.path,
         }
+    }
+
+    /// [`Self::finish`] with the factors larger than k compressed (from their sketches, or
+    /// from the dense sums), and tri-kfac's `cross = (G_AB, X_AB)` mapped to match.
+    pub fn finish_compressed(
+        self,
+        info: AdapterInfo,
+        tokens: f64,
+        k: usize,
+        cross: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
+    ) -> LowRankBlock<B> {
+        let take = |t: Option<Tensor<B, 2>>| t.expect("statistic observed").mul_scalar(1.0 / tokens);
+        let x_a = self.x_a.finish_compressed(1.0 / tokens, k);
+        let g_b = self.g_b.finish_compressed(info.scale * info.scale / tokens, k);
+        LowRankBlock::assemble(info.path, x_a, take(self.g_a), take(self.x_b), g_b, cross)
     }
 }
 

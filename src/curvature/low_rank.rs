@@ -23,8 +23,9 @@
 //! `[c, d]` matrix; no `[d, d]` matrix is formed. The compression itself runs once, after the
 //! fit: an exact symmetric eigendecomposition on the host in f64 (`O(d^3)`) for factors up to
 //! [`EXACT_EIGEN_MAX_DIM`], randomized subspace iteration above it (`O(d^2 k)`, the products
-//! with the factor on the device). The fit still accumulates the dense factors, so it needs
-//! their memory once (a streaming sketch of `M Omega` would remove that; not done).
+//! with the factor on the device). This needs the dense factors once, at the end of the fit;
+//! `--factor-sketch` ([`super::sketch`]) fits the compressed form from a one-pass sketch
+//! instead, never holding a `[d, d]` matrix.
 //!
 //! **Files.** A compressed factor named `{n}` (e.g. `{m}.lora_A.X`) is stored as `{n}.U`
 //! `[d, k]`, `{n}.S` `[1, k]`, `{n}.D` `[1, d]`; `laplace.json` records `factor_rank`, from
@@ -143,8 +144,9 @@ impl<B: Backend> Factor<B> {
     /// Compresses a dense symmetric PSD `[d, d]` matrix to its top-k eigenpairs plus the
     /// diagonal remainder; dense if `d <= k`. Up to [`EXACT_EIGEN_MAX_DIM`] the eigenpairs are
     /// exact (host, f64, `O(d^3)`), above it they come from [`Self::compress_randomized`].
-    /// Also returns the projector's basis `U` (`None` when dense), for tri-kfac's cross factors.
-    pub fn compress(m: Tensor<B, 2>, k: usize) -> (Self, Option<DMatrix<f64>>) {
+    /// Also returns the projection onto the kept eigenspace (`None` when dense), for tri-kfac's
+    /// cross factors.
+    pub fn compress(m: Tensor<B, 2>, k: usize) -> (Self, Option<Projection>) {
         let d = m.dims()[0];
         if d <= k {
             return (Factor::Dense(m), None);
@@ -157,7 +159,7 @@ impl<B: Backend> Factor<B> {
         let diag: Vec<f64> = (0..d).map(|i| host[(i, i)]).collect();
         let eig = ((&host + host.transpose()) * 0.5).symmetric_eigen();
         let (u, s) = top_pairs(&eig.eigenvectors, &eig.eigenvalues, k);
-        (Factor::LowRank(low_rank(&u, &s, &diag, &device)), Some(u))
+        (Factor::LowRank(low_rank(&u, &s, &diag, &device)), Some(Projection::orthogonal(u)))
     }
 
     /// [`Self::compress`] with the top-k eigenpairs from randomized subspace iteration
@@ -168,7 +170,7 @@ impl<B: Backend> Factor<B> {
     /// the projection `P M P` (`P = U U^T`) and the tri-kfac PSD argument of the module docs
     /// holds; the remainder is clamped at 0 (the diagonal of `M - P M P`, which is not PSD for
     /// an inexact subspace, may dip below 0 by round-off-sized amounts).
-    pub fn compress_randomized(m: Tensor<B, 2>, k: usize) -> (Self, Option<DMatrix<f64>>) {
+    pub fn compress_randomized(m: Tensor<B, 2>, k: usize) -> (Self, Option<Projection>) {
         let d = m.dims()[0];
         if d <= k {
             return (Factor::Dense(m), None);
@@ -185,7 +187,32 @@ impl<B: Backend> Factor<B> {
         let eig = ((&small + small.transpose()) * 0.5).symmetric_eigen();
         let (w, s) = top_pairs(&eig.eigenvectors, &eig.eigenvalues, k);
         let u = q * w;
-        (Factor::LowRank(low_rank(&u, &s, &diag, &device)), Some(u))
+        (Factor::LowRank(low_rank(&u, &s, &diag, &device)), Some(Projection::orthogonal(u)))
+    }
+}
+
+/// The linear map `c -> U (R c)` a compressed factor applies to tri-kfac's cross factors:
+/// `R = U^T` (the orthogonal projector `U U^T`) for eigenpairs of the dense factor, the
+/// Nyström map for a sketch ([`super::sketch`]). Either way the compressed diagonal block is
+/// `L M L^T` for this map L, which keeps tri-kfac PSD (module docs).
+#[derive(Debug, Clone)]
+pub struct Projection {
+    /// `U`, `[d, k]`.
+    pub basis: DMatrix<f64>,
+    /// `R`, `[k, d]`.
+    pub coefficients: DMatrix<f64>,
+}
+
+impl Projection {
+    /// `U U^T`.
+    pub fn orthogonal(basis: DMatrix<f64>) -> Self {
+        Projection { coefficients: basis.transpose(), basis }
+    }
+
+    /// `U (R c)` for `c: [d, r]`.
+    fn apply<B: Backend>(&self, c: Tensor<B, 2>) -> Tensor<B, 2> {
+        let device = c.device();
+        to_device(&(&self.basis * (&self.coefficients * to_host(c))), &device)
     }
 }
 
@@ -198,7 +225,7 @@ pub const POWER_ITERATIONS: usize = 6;
 
 /// The k eigenpairs of largest eigenvalue, eigenvalues clamped at 0 (round-off can leave tiny
 /// negative eigenvalues of a PSD matrix).
-fn top_pairs(vectors: &DMatrix<f64>, values: &nalgebra::DVector<f64>, k: usize) -> (DMatrix<f64>, Vec<f64>) {
+pub(super) fn top_pairs(vectors: &DMatrix<f64>, values: &nalgebra::DVector<f64>, k: usize) -> (DMatrix<f64>, Vec<f64>) {
     let mut order: Vec<usize> = (0..values.len()).collect();
     order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
     let u = DMatrix::from_fn(vectors.nrows(), k, |i, j| vectors[(i, order[j])]);
@@ -206,7 +233,7 @@ fn top_pairs(vectors: &DMatrix<f64>, values: &nalgebra::DVector<f64>, k: usize) 
 }
 
 /// `U`, `s` and the remainder `max(diag - diag(U diag(s) U^T), 0)` as device tensors.
-fn low_rank<B: Backend>(u: &DMatrix<f64>, s: &[f64], diag: &[f64], device: &B::Device) -> LowRankFactor<B> {
+pub(super) fn low_rank<B: Backend>(u: &DMatrix<f64>, s: &[f64], diag: &[f64], device: &B::Device) -> LowRankFactor<B> {
     let (d, k) = u.shape();
     let remainder: Vec<f64> = (0..d).map(|i| (diag[i] - (0..k).map(|j| u[(i, j)].powi(2) * s[j]).sum::<f64>()).max(0.0)).collect();
     LowRankFactor {
@@ -223,7 +250,7 @@ fn orthonormal(y: DMatrix<f64>) -> DMatrix<f64> {
 
 /// `[d, l]` standard normals from a seeded xorshift generator (Box-Muller): every run and
 /// backend starts the subspace iteration from the same matrix.
-fn gaussian(d: usize, l: usize, seed: u64) -> DMatrix<f64> {
+pub(super) fn gaussian(d: usize, l: usize, seed: u64) -> DMatrix<f64> {
     let mut state = seed | 1;
     let mut uniform = move || {
         state ^= state << 13;
@@ -341,23 +368,29 @@ impl<B: Backend> LowRankBlock<B> {
     pub fn compress(kfac: KfacBlock<B>, cross: Option<(Tensor<B, 2>, Tensor<B, 2>)>, k: usize) -> Self {
         let (x_a, p) = Factor::compress(kfac.x_a, k);
         let (g_b, q) = Factor::compress(kfac.g_b, k);
-        // X_AB -> P X_AB, G_AB -> G_AB Q (module docs: this keeps tri-kfac PSD).
+        Self::assemble(kfac.path, (x_a, p), kfac.g_a, kfac.x_b, (g_b, q), cross)
+    }
+
+    /// The block of compressed (or dense) `X_A` and `G_B`, each with the map it applies to the
+    /// cross factors: `X_AB -> L_X X_AB`, `G_AB -> G_AB L_G^T` (module docs: this keeps
+    /// tri-kfac PSD).
+    pub(super) fn assemble(
+        path: String,
+        (x_a, l_x): (Factor<B>, Option<Projection>),
+        g_a: Tensor<B, 2>,
+        x_b: Tensor<B, 2>,
+        (g_b, l_g): (Factor<B>, Option<Projection>),
+        cross: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
+    ) -> Self {
+        let map = |c: Tensor<B, 2>, l: &Option<Projection>| match l {
+            Some(l) => l.apply(c),
+            None => c,
+        };
         let (g_ab, x_ab) = match cross {
-            Some((g_ab, x_ab)) => (Some(project(g_ab.transpose(), q.as_ref()).transpose()), Some(project(x_ab, p.as_ref()))),
+            Some((g_ab, x_ab)) => (Some(map(g_ab.transpose(), &l_g).transpose()), Some(map(x_ab, &l_x))),
             None => (None, None),
         };
-        LowRankBlock { path: kfac.path, x_a, g_a: kfac.g_a, x_b: kfac.x_b, g_b, g_ab, x_ab }
-    }
-}
-
-/// `U U^T c` for `c: [d, r]` (`c` itself when `u` is `None`).
-fn project<B: Backend>(c: Tensor<B, 2>, u: Option<&DMatrix<f64>>) -> Tensor<B, 2> {
-    match u {
-        None => c,
-        Some(u) => {
-            let device = c.device();
-            to_device(&(u * (u.transpose() * to_host(c))), &device)
-        }
+        LowRankBlock { path, x_a, g_a, x_b, g_b, g_ab, x_ab }
     }
 }
 
@@ -391,13 +424,13 @@ pub fn sum_unsupported() -> Error {
     )
 }
 
-fn to_host<B: Backend>(t: Tensor<B, 2>) -> DMatrix<f64> {
+pub(super) fn to_host<B: Backend>(t: Tensor<B, 2>) -> DMatrix<f64> {
     let [r, c] = t.dims();
     let values: Vec<f64> = t.into_data().iter::<f64>().collect();
     DMatrix::from_row_slice(r, c, &values)
 }
 
-fn to_device<B: Backend>(m: &DMatrix<f64>, device: &B::Device) -> Tensor<B, 2> {
+pub(super) fn to_device<B: Backend>(m: &DMatrix<f64>, device: &B::Device) -> Tensor<B, 2> {
     let (r, c) = m.shape();
     let values: Vec<f32> = (0..r).flat_map(|i| (0..c).map(move |j| m[(i, j)] as f32)).collect();
     Tensor::from_data(TensorData::new(values, [r, c]), device)

@@ -11,6 +11,7 @@ pub mod capture;
 pub mod low_rank;
 pub mod math;
 pub mod memory;
+pub mod sketch;
 
 mod diag;
 mod kfac;

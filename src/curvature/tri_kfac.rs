@@ -9,6 +9,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use super::accumulate::{add, token_outer, AdapterInfo};
 use super::kfac::{KfacSums, SharedInputs};
+use super::low_rank::LowRankBlock;
 use super::{inner, KfacBlock};
 
 /// B-KFAC factors plus the cross factors of one adapter.
@@ -79,10 +80,24 @@ impl<B: Backend> TriKfacSums<B> {
         add(&mut self.g_ab, token_outer(h, g).mul_scalar(weight));
     }
 
+    /// Sums that sketch the large factors ([`KfacSums::sketched`]); the cross factors are
+    /// `[d, r]` and summed exactly.
+    pub fn sketched(info: &AdapterInfo, k: usize, test_matrix: &mut impl FnMut(usize) -> Tensor<B, 2>) -> Self {
+        TriKfacSums { kfac: KfacSums::sketched(info, k, test_matrix), x_ab: None, g_ab: None }
+    }
+
     /// The per-token averages, with `s` applied to `G_AB`.
     pub fn finish(self, info: AdapterInfo, tokens: f64) -> TriKfacBlock<B> {
         let take = |t: Option<Tensor<B, 2>>, factor: f64| t.expect("statistic observed").mul_scalar(factor / tokens);
         TriKfacBlock { x_ab: take(self.x_ab, 1.0), g_ab: take(self.g_ab, info.scale), kfac: self.kfac.finish(info, tokens) }
+    }
+
+    /// [`Self::finish`] with the factors larger than k compressed and the cross factors mapped
+    /// to match ([`KfacSums::finish_compressed`]).
+    pub fn finish_compressed(self, info: AdapterInfo, tokens: f64, k: usize) -> LowRankBlock<B> {
+        let take = |t: Option<Tensor<B, 2>>, factor: f64| t.expect("statistic observed").mul_scalar(factor / tokens);
+        let cross = (take(self.g_ab, info.scale), take(self.x_ab, 1.0));
+        self.kfac.finish_compressed(info, tokens, k, Some(cross))
     }
 }
 

@@ -42,6 +42,11 @@ pub fn fit_peer<B: KernelAutodiffBackend>(
     if model.adapters().is_empty() {
         return Err(Error::arg("adapter", "the model has no adapters to fit a prior for"));
     }
+    if config.factor_sketch {
+        // Each peer would compress its own share, and a sum of compressed factors is not the
+        // compression of the sum (reducing the sketches themselves would work; not done).
+        return Err(Error::arg("factor-sketch", "is not supported in data-parallel fits yet: fit on one device, or drop it"));
+    }
     let start = Instant::now();
     let (rank, world) = (peer.rank(), peer.world());
     let device = model.embed_tokens.device();

@@ -61,6 +61,9 @@ pub struct BenchArgs {
     /// Compress the captured Kronecker factors to this rank (as `laplace --factor-rank`).
     #[arg(long)]
     factor_rank: Option<usize>,
+    /// With --factor-rank: sketch the factors during the capture (as `laplace --factor-sketch`).
+    #[arg(long, requires = "factor_rank")]
+    factor_sketch: bool,
     /// Print JSON lines instead of text.
     #[arg(long)]
     json: bool,
@@ -78,6 +81,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         dtype: args.dtype.resolve_with_config::<AB>(&args.preset, &lalora_backends::device())?,
         gradient_checkpointing: args.gradient_checkpointing,
         factor_rank: args.factor_rank,
+        factor_sketch: args.factor_sketch,
     };
     let dtype = config.dtype;
     let checkpointing = if args.gradient_checkpointing { ", checkpointed" } else { "" };
@@ -97,7 +101,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     " laplace {:.3} s per batch ({:.2}x a train step), peak RSS {:.0} MiB, curvature file {:.1} MiB",
                     c.laplace_s_per_batch, c.ratio_to_train_step, c.peak_rss_mib, c.curvature_file_mib
                 );
-                if args.factor_rank.is_some() {
+                if args.factor_sketch {
+                    line += " (sketched during the capture)";
+                } else if args.factor_rank.is_some() {
                     line += &format!(" (compressed in {:.1} s)", c.compress_s);
                 }
             }

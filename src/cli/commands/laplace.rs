@@ -53,6 +53,11 @@ pub struct LaplaceArgs {
     /// 0 or absent: full factors.
     #[arg(long, value_name = "K")]
     factor_rank: Option<usize>,
+    /// With --factor-rank: fit the compressed factors from a one-pass sketch (d x (2K+8) per
+    /// factor) instead of compressing full ones at the end, so the fit never holds a d x d
+    /// matrix either (needed at 8B; somewhat less accurate, see docs/precision.md).
+    #[arg(long)]
+    factor_sketch: bool,
     /// delta in the prior precision F + delta I.
     #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     prior_precision: f64,
@@ -91,7 +96,8 @@ pub fn run(args: LaplaceArgs, flags: &Flags) -> anyhow::Result<()> {
         .with_batch_size(args.batch_size)
         .with_prior_precision(args.prior_precision)
         .with_seed(args.seed)
-        .with_factor_rank(args.factor_rank.filter(|&k| k > 0));
+        .with_factor_rank(args.factor_rank.filter(|&k| k > 0))
+        .with_factor_sketch(args.factor_sketch);
     config.validate()?;
     if args.accumulate.is_some() && config.factor_rank.is_some() {
         // Refused before the fit rather than after it.
@@ -147,7 +153,10 @@ pub fn run(args: LaplaceArgs, flags: &Flags) -> anyhow::Result<()> {
     write_json_atomic(&args.out.join("run.json"), flags)?;
     let size = std::fs::metadata(args.out.join("curvature.safetensors")).map(|m| m.len()).unwrap_or(0);
     let factors = match config.factor_rank {
-        Some(k) if args.curvature != Estimator::Diag => format!(", factors above {k} x {k} kept at rank {k}"),
+        Some(k) if args.curvature != Estimator::Diag => {
+            let how = if config.factor_sketch { " (one-pass sketch)" } else { "" };
+            format!(", factors above {k} x {k} kept at rank {k}{how}")
+        }
         _ => String::new(),
     };
     println!(
