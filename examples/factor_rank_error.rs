@@ -1,7 +1,10 @@
 //! How much the low-rank Kronecker factors (`--factor-rank k`) change the penalty: loads a
-//! prior fitted with full kfac or tri-kfac factors, compresses it at each k, and prints the
-//! relative error of the penalty value `d^T F d` and of its gradient `2 F d` (all adapters
-//! together) against the full factors, for a displacement d from the anchor:
+//! prior fitted with full kfac or tri-kfac factors, compresses it at each k, both as `laplace
+//! --factor-rank k` does (eigenpairs of the full factors) and as `--factor-sketch` does (one-pass
+//! sketches; here the sketch of each full factor, which the one-pass fit equals up to f32
+//! summation order, see `lalora::curvature::sketch::sketch_curvature`), and prints the relative
+//! error of the penalty value `d^T F d` and of its gradient `2 F d` (all adapters together)
+//! against the full factors, for a displacement d from the anchor:
 //! - `gaussian`: i.i.d. N(0, 1) entries (note: the compression keeps every factor's diagonal,
 //!   so the expected value over such d is exact; the gradient error is the telling figure);
 //! - `adapter`: with `--adapter DIR`, the adapter there minus the anchor (a real fine-tuning
@@ -23,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Tensor, TensorData};
 use lalora::curvature::low_rank::compress_curvature;
+use lalora::curvature::sketch::sketch_curvature;
 use lalora::curvature::Curvature;
 use lalora::{AdapterSource, LaLoRA, LaplacePrior};
 
@@ -69,12 +73,15 @@ fn main() -> lalora::Result<()> {
     }
 
     println!("prior {} ({}), {} adapters", prior_dir.display(), full.estimator().name(), shapes.len());
-    println!("{:<10} {:>6} {:>14} {:>14}", "direction", "k", "value rel err", "grad rel err");
+    println!("relative errors against the full factors: eigenpairs of the full factors | one-pass sketch");
+    println!("{:<10} {:>6} {:>14} {:>14} | {:>14} {:>14}", "direction", "k", "value", "gradient", "value", "gradient");
     for k in ranks {
         let compressed = compress_curvature(full.clone(), k)?;
+        let sketched = sketch_curvature(full.clone(), k)?;
         for (name, d) in &displacements {
             let (value, grad) = errors(&full, &compressed, d);
-            println!("{name:<10} {k:>6} {value:>14.3e} {grad:>14.3e}");
+            let (s_value, s_grad) = errors(&full, &sketched, d);
+            println!("{name:<10} {k:>6} {value:>14.3e} {grad:>14.3e} | {s_value:>14.3e} {s_grad:>14.3e}");
         }
     }
     Ok(())

@@ -14,6 +14,7 @@ use burn::tensor::{Tensor, TensorData};
 use common::*;
 use lalora::curvature::low_rank::compress_curvature;
 use lalora::curvature::memory::{curvature_memory, curvature_memory_at};
+use lalora::curvature::sketch::sketch_curvature;
 use lalora::curvature::sum::weighted_sum;
 use lalora::curvature::{adapter_infos, Curvature, Estimator, FisherType, KfacBlock, TriKfacBlock};
 use lalora::laplace::{fit, LaplaceConfig, LaplacePrior};
@@ -364,6 +365,25 @@ fn a_narrow_sketch_keeps_the_trace_and_tri_kfac_psd() {
 }
 
 #[test]
+fn sketching_the_full_factors_gives_the_one_pass_fit() {
+    // examples/factor_rank_error.rs measures the sketch through `sketch_curvature` (the full
+    // factors sketched at once); that must be what the batch-by-batch fit gives, at a k where
+    // the sketch is narrow (16 columns for 32..128-wide factors).
+    let (model, _) = gqa_with_all7_adapter();
+    for estimator in [Estimator::Kfac, Estimator::TriKfac] {
+        let one_pass = fit_sketched(estimator, Some(4), true).curvature.unwrap();
+        let at_once = sketch_curvature(fit_sketched(estimator, None, false).curvature.unwrap(), 4).unwrap();
+        let mut rng = Normals(0x0ce5);
+        for (i, a) in model.adapters().iter().enumerate() {
+            let ([r, d_in], [d_out, _]) = (a.lora_a.val().dims(), a.lora_b.val().dims());
+            let (d_a, d_b) = (tensor::<AB>(&rng.mat(r, d_in)), tensor::<AB>(&rng.mat(d_out, r)));
+            let (x, y) = (values(&one_pass.quadratic(i, d_a.clone(), d_b.clone()))[0], values(&at_once.quadratic(i, d_a, d_b))[0]);
+            assert!((x - y).abs() <= 1e-4 * y.abs(), "{}: block {i}: one pass {x} vs at once {y}", estimator.name());
+        }
+    }
+}
+
+#[test]
 fn a_sketch_needs_a_factor_rank() {
     let err = LaplaceConfig::new().with_factor_sketch(true).validate().unwrap_err();
     assert!(err.to_string().contains("factor-sketch") && err.to_string().contains("factor rank"), "{err}");
@@ -429,6 +449,11 @@ fn memory_counts_compressed_factors() {
     let c = 8 * 6 + 6 + 8;
     assert_eq!(m.stored_values, 2 * ((c + 8 + c) + (c + 8 + 16)));
     assert_eq!(m.shared_values, m.stored_values - 2 * c);
+    // A sketched fit at k = 6: the 8-wide factors as [8, min(8, 2*6 + 8)] sketches plus their
+    // diagonal (8 * 9), v's 4-wide G_B dense (16), 2 r^2 small factors, per adapter and layer;
+    // plus one 8 x 8 test matrix.
+    assert_eq!(m.sketch_fit_values, Some(2 * ((72 + 8 + 72) + (72 + 8 + 16)) + 64));
+    assert_eq!(curvature_memory(&config, &lora, Estimator::Kfac).sketch_fit_values, None);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::low_rank::stored_values;
+use super::sketch::sketch_width;
 use super::Estimator;
 use crate::llama::{LlamaConfig, Projection};
 use crate::lora::LoraConfig;
@@ -21,6 +22,12 @@ pub struct CurvatureMemory {
     pub shared_values: u64,
     /// Trainable LoRA parameters, for scale.
     pub lora_params: u64,
+    /// With a factor rank: f32 values a `--factor-sketch` fit holds while it sums (each
+    /// factor larger than k as its `[d, 2k + 8]` sketch and diagonal, plus one test matrix per
+    /// factor size; [`super::sketch`]). A fit without the sketch holds every factor full, as
+    /// [`curvature_memory`] counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sketch_fit_values: Option<u64>,
 }
 
 impl CurvatureMemory {
@@ -31,6 +38,10 @@ impl CurvatureMemory {
     /// Bytes with shared inputs.
     pub fn shared_bytes(&self) -> u64 {
         4 * self.shared_values
+    }
+    /// Bytes a `--factor-sketch` fit holds.
+    pub fn sketch_fit_bytes(&self) -> Option<u64> {
+        self.sketch_fit_values.map(|v| 4 * v)
     }
 }
 
@@ -45,7 +56,17 @@ pub fn curvature_memory(config: &LlamaConfig, lora: &LoraConfig, estimator: Esti
 pub fn curvature_memory_at(config: &LlamaConfig, lora: &LoraConfig, estimator: Estimator, factor_rank: Option<usize>) -> CurvatureMemory {
     let factor_rank = if estimator == Estimator::Diag { None } else { factor_rank };
     let r = lora.rank as u64;
-    let (mut stored, mut shared, mut params) = (0u64, 0u64, 0u64);
+    let (mut stored, mut shared, mut params, mut sketch_fit) = (0u64, 0u64, 0u64, 0u64);
+    // Sizes of the sketched factors: each has one test matrix.
+    let mut sketched_sizes = std::collections::BTreeSet::new();
+    let mut sketch_values = |d: u64, k: usize| {
+        if d > k as u64 {
+            sketched_sizes.insert(d);
+            d * (sketch_width(d as usize, k) as u64 + 1)
+        } else {
+            d * d
+        }
+    };
     for projection in Projection::ALL.into_iter().filter(|&p| lora.wants(p)) {
         let [d_out, d_in] = projection.dims(config).map(|d| d as u64);
         params += r * (d_in + d_out);
@@ -56,18 +77,24 @@ pub fn curvature_memory_at(config: &LlamaConfig, lora: &LoraConfig, estimator: E
             values = values - d_in * d_in - d_out * d_out + x_a + stored_values(d_out, factor_rank);
         }
         stored += values;
+        if let Some(k) = factor_rank {
+            let full = estimator.values_per_adapter(d_out, d_in, r);
+            sketch_fit += full - d_in * d_in - d_out * d_out + sketch_values(d_in, k) + sketch_values(d_out, k);
+        }
         // X_A is shared by the targets that read the same input: count it once per group.
         let group = projection.input_group();
         let first_of_group = !Projection::ALL.into_iter().any(|t| t < projection && t.input_group() == group && lora.wants(t));
         shared += if estimator != Estimator::Diag && !first_of_group { values - x_a } else { values };
     }
     let layers = config.num_hidden_layers as u64;
+    let test_matrices: u64 = factor_rank.map_or(0, |k| sketched_sizes.iter().map(|&d| d * sketch_width(d as usize, k) as u64).sum());
     CurvatureMemory {
         estimator: estimator.name(),
         factor_rank,
         stored_values: stored * layers,
         shared_values: shared * layers,
         lora_params: params * layers,
+        sketch_fit_values: factor_rank.map(|_| sketch_fit * layers + test_matrices),
     }
 }
 

@@ -26,7 +26,9 @@ use burn::tensor::{backend::Backend, Tensor};
 use nalgebra::DMatrix;
 
 use super::accumulate::add;
-use super::low_rank::{gaussian, low_rank, to_device, to_host, top_pairs, Factor, Projection};
+use super::low_rank::{gaussian, is_compressed, low_rank, sum_unsupported, to_device, to_host, top_pairs, Factor, Projection};
+use super::{Curvature, LowRankBlock};
+use crate::error::{Error, Result};
 
 /// Columns of the test matrix of a `[d, d]` factor sketched for factor rank k.
 pub fn sketch_width(d: usize, k: usize) -> usize {
@@ -80,6 +82,14 @@ impl<B: Backend> FactorSketch<B> {
         SketchTerm { y, diag: rows.square().sum_dim(0) }
     }
 
+    /// The sketch of a whole factor `m` (`[d, d]`) at rank k: what summing its terms gives.
+    fn of_dense(m: Tensor<B, 2>, k: usize) -> Self {
+        let d = m.dims()[0];
+        let omega = test_matrix(d, k, &m.device());
+        let diag = (m.clone() * Tensor::eye(d, &m.device())).sum_dim(0);
+        FactorSketch { y: Some(m.matmul(omega.clone())), diag: Some(diag), omega }
+    }
+
     /// Adds one term.
     pub fn add(&mut self, term: SketchTerm<B>) {
         add(&mut self.y, term.y);
@@ -99,6 +109,45 @@ impl<B: Backend> FactorSketch<B> {
         let (basis, values, coefficients) = nystrom(&omega, &y, k);
         (Factor::LowRank(low_rank(&basis, &values, &diag, &device)), Projection { basis, coefficients })
     }
+}
+
+/// The compressed curvature a `--factor-sketch` fit gives for the statistics of `curvature`
+/// (full kfac or tri-kfac factors): each factor M larger than k sketched as
+/// `(M Omega, diag(M))` at once instead of batch by batch. The sums are linear, so this is the
+/// one-pass fit's result up to f32 summation order; it lets `examples/factor_rank_error.rs`
+/// measure the sketch against the full factors of one fit.
+///
+/// # Errors
+/// [`Error::BadArgument`] for k = 0, a sum of curvatures or one compressed already.
+pub fn sketch_curvature<B: Backend>(curvature: Curvature<B>, k: usize) -> Result<Curvature<B>> {
+    if k == 0 {
+        return Err(Error::arg("factor-rank", "must be at least 1"));
+    }
+    let factor = |m: Tensor<B, 2>| {
+        if is_compressed(m.dims()[0], Some(k)) {
+            let (f, map) = FactorSketch::of_dense(m, k).finish(1.0, k);
+            (f, Some(map))
+        } else {
+            (Factor::Dense(m), None)
+        }
+    };
+    Ok(match curvature {
+        Curvature::Diag(b) => Curvature::Diag(b),
+        Curvature::Kfac(blocks) => Curvature::LowRank(
+            blocks.into_iter().map(|b| LowRankBlock::assemble(b.path, factor(b.x_a), b.g_a, b.x_b, factor(b.g_b), None)).collect(),
+        ),
+        Curvature::TriKfac(blocks) => Curvature::LowRank(
+            blocks
+                .into_iter()
+                .map(|t| {
+                    let b = t.kfac;
+                    LowRankBlock::assemble(b.path, factor(b.x_a), b.g_a, b.x_b, factor(b.g_b), Some((t.g_ab, t.x_ab)))
+                })
+                .collect(),
+        ),
+        Curvature::Sum(_) => return Err(sum_unsupported()),
+        Curvature::LowRank(_) => return Err(Error::arg("factor-rank", "the curvature is compressed already")),
+    })
 }
 
 /// The top-k eigenpairs `(U, s)` of the Nyström estimate `Y W^+ Y^T` (`W = Omega^T Y`), padded

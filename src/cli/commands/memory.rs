@@ -18,7 +18,9 @@ pub struct MemoryArgs {
     #[command(flatten)]
     lora: LoraArgs,
     /// Also show kfac and tri-kfac with the factors larger than K kept as top-K eigenpairs
-    /// plus a diagonal (`lalora laplace --factor-rank K`); repeat for several K.
+    /// plus a diagonal (`lalora laplace --factor-rank K`); repeat for several K. Their
+    /// "sketched fit" column is what `laplace --factor-sketch` holds while it fits (a fit
+    /// without it holds the full factors: the full rows' "as stored").
     #[arg(long, value_name = "K", value_parser = crate::cli::ranges::at_least_one)]
     factor_rank: Vec<usize>,
     /// Print JSON lines instead of a table.
@@ -40,7 +42,10 @@ pub fn run(args: MemoryArgs) -> anyhow::Result<()> {
     let lora = args.lora.config(0);
     lora.validate()?;
     if !args.json {
-        println!("{:<24} {:>14} {:>12} {:>14} {:>14}", "model", "curvature", "LoRA params", "as stored", "shared X_A");
+        println!(
+            "{:<24} {:>14} {:>12} {:>14} {:>14} {:>16}",
+            "model", "curvature", "LoRA params", "as stored", "shared X_A", "sketched fit"
+        );
     }
     for path in &args.preset {
         let config = LlamaConfig::from_file(path)?;
@@ -59,7 +64,7 @@ pub fn run(args: MemoryArgs) -> anyhow::Result<()> {
                 );
             } else {
                 println!(
-                    "{:<24} {:>14} {:>12} {:>14} {:>14}",
+                    "{:<24} {:>14} {:>12} {:>14} {:>14} {:>16}",
                     name,
                     match m.factor_rank {
                         Some(k) => format!("{} k={k}", m.estimator),
@@ -67,7 +72,8 @@ pub fn run(args: MemoryArgs) -> anyhow::Result<()> {
                     },
                     m.lora_params,
                     gib(m.stored_bytes()),
-                    gib(m.shared_bytes())
+                    gib(m.shared_bytes()),
+                    m.sketch_fit_bytes().map_or("-".to_string(), gib)
                 );
             }
         }
