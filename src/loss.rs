@@ -43,7 +43,7 @@ pub struct HeadOutput<B: Backend> {
 /// The log-sum-exp comes from the most likely token: `lse = max_j o_j - log(max_j p_j)`, and
 /// `max_j p_j >= 1/vocab`, so it never underflows.
 pub fn head_forward<B: KernelBackend>(head: Tensor<B, 2>, hidden: Tensor<B, 3>) -> HeadOutput<B> {
-    let logits = frozen_linear(hidden, head); // [batch, seq, vocab]
+    let logits = head_logits(hidden, head, HEAD_ROWS_PER_WIDENING); // [batch, seq, vocab]
     let probs = softmax(logits.clone(), 2);
     let max_logit: Tensor<B, 2> = logits.clone().max_dim(2).squeeze_dim(2);
     let max_prob: Tensor<B, 2> = probs.clone().max_dim(2).squeeze_dim(2);
@@ -73,9 +73,50 @@ impl<B: Backend> HeadOutput<B> {
 
 /// `dL/dh = W^T dL/dlogits`, `[batch, seq, hidden]`.
 pub fn hidden_grad<B: KernelBackend>(head: Tensor<B, 2>, logit_grad: Tensor<B, 3>) -> Tensor<B, 3> {
+    hidden_grad_in_blocks(head, logit_grad, HEAD_ROWS_PER_WIDENING)
+}
+
+/// Head rows widened to f32 at a time where the backend widens a bf16/f16 head
+/// ([`KernelBackend::WIDENS_FROZEN_WEIGHTS`]): the whole head would be 2 GiB of f32 at 8B,
+/// 8192 rows are 128 MiB. The training loss kernel widens in the same blocks.
+const HEAD_ROWS_PER_WIDENING: usize = 8192;
+
+/// Whether the head is multiplied `rows` at a time: only where a half-precision head would
+/// otherwise be widened whole.
+fn in_blocks<B: KernelBackend>(head: &Tensor<B, 2>, rows: usize) -> bool {
+    B::WIDENS_FROZEN_WEIGHTS && head.dtype() != burn::tensor::DType::F32 && head.dims()[0] > rows
+}
+
+/// `hidden W^T`, the head multiplied `rows` of W at a time when [`in_blocks`].
+fn head_logits<B: KernelBackend>(hidden: Tensor<B, 3>, head: Tensor<B, 2>, rows: usize) -> Tensor<B, 3> {
+    if !in_blocks(&head, rows) {
+        return frozen_linear(hidden, head);
+    }
+    let vocab = head.dims()[0];
+    let blocks =
+        (0..vocab).step_by(rows).map(|start| frozen_linear(hidden.clone(), head.clone().narrow(0, start, rows.min(vocab - start))));
+    Tensor::cat(blocks.collect(), 2)
+}
+
+/// [`hidden_grad`], summed over blocks of `rows` head rows when [`in_blocks`].
+fn hidden_grad_in_blocks<B: KernelBackend>(head: Tensor<B, 2>, logit_grad: Tensor<B, 3>, rows: usize) -> Tensor<B, 3> {
     let [batch, seq, vocab] = logit_grad.dims();
     let hidden = head.dims()[1];
-    crate::frozen_matmul(logit_grad.reshape([batch * seq, vocab]), head, false).reshape([batch, seq, hidden])
+    let grad = logit_grad.reshape([batch * seq, vocab]);
+    let product = |g: Tensor<B, 2>, w: Tensor<B, 2>| crate::frozen_matmul(g, w, false);
+    let out = if in_blocks(&head, rows) {
+        (0..vocab)
+            .step_by(rows)
+            .map(|start| {
+                let n = rows.min(vocab - start);
+                product(grad.clone().narrow(1, start, n), head.clone().narrow(0, start, n))
+            })
+            .reduce(|a, b| a + b)
+            .expect("vocab > rows > 0")
+    } else {
+        product(grad, head)
+    };
+    out.reshape([batch, seq, hidden])
 }
 
 #[cfg(test)]
@@ -109,5 +150,26 @@ mod tests {
         let nll_closed = (out.nll(labels) * weights).sum().into_scalar();
         let nll_auto: f32 = nll.inner().sum().into_scalar();
         assert!((nll_closed - nll_auto).abs() < 1e-4, "{nll_closed} vs {nll_auto}");
+    }
+
+    #[test]
+    fn a_half_head_multiplied_in_blocks_equals_the_whole_widened_head() {
+        use crate::llama::WeightDtype;
+        let device = Default::default();
+        let head32 = Tensor::<TestBackend, 2>::random([11, 5], Distribution::Normal(0.0, 2.0), &device);
+        let head = Tensor::<TestBackend, 2>::from_data(WeightDtype::Bf16.convert(head32.to_data()), &device);
+        // The f32 head holding the bf16 values: what widening the whole head multiplies by.
+        let widened = Tensor::<TestBackend, 2>::from_data(head.to_data().convert::<f32>(), &device);
+        let hidden = Tensor::<TestBackend, 3>::random([2, 3, 5], Distribution::Normal(0.0, 1.0), &device);
+        let grad = Tensor::<TestBackend, 3>::random([2, 3, 11], Distribution::Normal(0.0, 1.0), &device);
+        // Blocks of 4 rows: 4 + 4 + 3 (on backends that widen frozen weights; one product elsewhere).
+        let logits = head_logits(hidden.clone(), head.clone(), 4);
+        let expected = hidden.matmul(widened.clone().transpose().unsqueeze());
+        let diff: f32 = (logits - expected).abs().max().into_scalar();
+        assert!(diff < 1e-5, "blocked logits differ by {diff}");
+        let hidden_grad = hidden_grad_in_blocks(head, grad.clone(), 4);
+        let expected = grad.matmul(widened.unsqueeze());
+        let diff: f32 = (hidden_grad - expected).abs().max().into_scalar();
+        assert!(diff < 1e-5, "blocked hidden gradient differs by {diff}");
     }
 }
