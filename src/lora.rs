@@ -156,8 +156,9 @@ impl<B: Backend> LoraAdapter<B> {
 
 /// Tensors one adapted projection exposes for curvature capture, from one forward pass.
 ///
-/// `probe_y` and `probe_z` are zero leaves that require grad, added to the output y and to z:
-/// after `backward`, their gradients are exactly `g = dL/dy` and `h = dL/dz`.
+/// `probe_y` and `probe_z` are zero leaves that require grad, added to the output y and where
+/// z enters it (`y + s B probe_z`): after `backward`, their gradients are exactly `g = dL/dy`
+/// and `h = dL/dz`.
 #[derive(Debug, Clone)]
 pub struct AdapterTap<B: Backend> {
     /// HF module path of the projection.
@@ -168,7 +169,7 @@ pub struct AdapterTap<B: Backend> {
     pub z: Tensor<B, 3>,
     /// Zero leaf added to the output, `[batch, seq, d_out]`.
     pub probe_y: Tensor<B, 3>,
-    /// Zero leaf added to z, `[batch, seq, r]`.
+    /// Zero leaf added where z enters the output, `[batch, seq, r]`.
     pub probe_z: Tensor<B, 3>,
 }
 
@@ -223,45 +224,45 @@ impl<B: KernelBackend> LoraLinear<B> {
     /// - x: `[batch, seq, d_in]` -> `[batch, seq, d_out]`
     pub fn forward_with(&self, x: Tensor<B, 3>, train: bool, taps: Option<&mut Vec<AdapterTap<B>>>) -> Tensor<B, 3> {
         let Some(adapter) = &self.adapter else { return frozen_linear(x, self.weight.val()) };
-        if taps.is_none() && !(train && adapter.dropout > 0.0) && adapter.offset.is_none() {
-            // The common case as one fused op, forward and backward (`KernelBackend::lora_linear`).
-            let [batch, seq, d_in] = x.dims();
-            let (w, a, b) = (self.weight.val(), adapter.lora_a.val(), adapter.lora_b.val());
-            return B::lora_linear(x.reshape([batch * seq, d_in]), w, a, b, adapter.scale).reshape([batch, seq, self.dims()[0]]);
-        }
-        let base = frozen_linear(x.clone(), self.weight.val());
-
-        let x_in = if train && adapter.dropout > 0.0 {
-            let keep = 1.0 - adapter.dropout;
-            let mask = Tensor::random(x.shape(), Distribution::Bernoulli(keep), &x.device());
-            x.clone() * mask.div_scalar(keep)
-        } else {
-            x.clone()
-        };
+        let dropout = train && adapter.dropout > 0.0;
         // s is applied to the small B (and B0) rather than to the [batch, seq, d_out] update:
         // one fewer full-size pass forward and backward.
         let scaled_b = adapter.lora_b.val().mul_scalar(adapter.scale); // [d_out, r]
-        let z = linear(x_in.clone(), adapter.lora_a.val()); // [batch, seq, r]
-        let offset = adapter.offset.as_ref().map(|o| {
-            let z0 = linear(x_in, o.lora_a.val());
-            linear(z0, o.lora_b.val().mul_scalar(adapter.scale)) // [batch, seq, d_out]
-        });
-        let with_offset = |update: Tensor<B, 3>| match offset {
-            Some(o) => update - o,
+        if !dropout {
+            // `x W^T + s B A x` as one fused op (`KernelBackend::lora_linear`), forward and
+            // backward. Besides being faster, it never keeps a widened f32 copy of a bf16/f16 W
+            // for the backward, as a plain product under autodiff would: with taps or the
+            // offset init that kept every layer's, ~28 GiB at 8B.
+            let [batch, seq, d_in] = x.dims();
+            let (w, a, b) = (self.weight.val(), adapter.lora_a.val(), adapter.lora_b.val());
+            let fused =
+                B::lora_linear(x.clone().reshape([batch * seq, d_in]), w, a, b, adapter.scale).reshape([batch, seq, self.dims()[0]]);
+            let y = match &adapter.offset {
+                Some(o) => fused - linear(linear(x.clone(), o.lora_a.val()), o.lora_b.val().mul_scalar(adapter.scale)),
+                None => fused,
+            };
+            let Some(taps) = taps else { return y };
+            // z enters y only through s B z, so the gradient of a zero probe added as
+            // `s B probe_z` is dL/dz, as if z itself were probed.
+            let z = linear(x.clone(), adapter.lora_a.val()); // [batch, seq, r]
+            let probe_z = Tensor::zeros(z.shape(), &z.device()).require_grad();
+            let y = y + linear(probe_z.clone(), scaled_b);
+            let probe_y = Tensor::zeros(y.shape(), &y.device()).require_grad();
+            taps.push(AdapterTap { path: adapter.path(), x: x.detach(), z: z.detach(), probe_y: probe_y.clone(), probe_z });
+            return y + probe_y;
+        }
+        assert!(taps.is_none(), "curvature capture runs without dropout");
+        // Training with dropout: the adapter reads a dropped-out copy of x, the base W the
+        // original, so the fused op does not apply.
+        let keep = 1.0 - adapter.dropout;
+        let mask = Tensor::random(x.shape(), Distribution::Bernoulli(keep), &x.device());
+        let x_in = x.clone() * mask.div_scalar(keep);
+        let update = linear(linear(x_in.clone(), adapter.lora_a.val()), scaled_b);
+        let update = match &adapter.offset {
+            Some(o) => update - linear(linear(x_in, o.lora_a.val()), o.lora_b.val().mul_scalar(adapter.scale)),
             None => update,
         };
-
-        match taps {
-            None => base + with_offset(linear(z, scaled_b)),
-            Some(taps) => {
-                let probe_z = Tensor::zeros(z.shape(), &z.device()).require_grad();
-                let z_probed = z.clone() + probe_z.clone();
-                let y = base + with_offset(linear(z_probed, scaled_b));
-                let probe_y = Tensor::zeros(y.shape(), &y.device()).require_grad();
-                taps.push(AdapterTap { path: adapter.path(), x: x.detach(), z: z.detach(), probe_y: probe_y.clone(), probe_z });
-                y + probe_y
-            }
-        }
+        frozen_linear(x, self.weight.val()) + update
     }
 }
 
