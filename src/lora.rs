@@ -225,44 +225,55 @@ impl<B: KernelBackend> LoraLinear<B> {
     pub fn forward_with(&self, x: Tensor<B, 3>, train: bool, taps: Option<&mut Vec<AdapterTap<B>>>) -> Tensor<B, 3> {
         let Some(adapter) = &self.adapter else { return frozen_linear(x, self.weight.val()) };
         let dropout = train && adapter.dropout > 0.0;
+        assert!(!(dropout && taps.is_some()), "curvature capture runs without dropout");
+        // Under autodiff, a plain product with a bf16/f16 W that the backend widens keeps the
+        // widened f32 copy for the backward: every layer's at once, ~28 GiB at 8B. The fused op
+        // widens again in its backward instead, so half weights always take it (but dropout,
+        // whose adapter reads another x than W does). f32 weights take it in the common case
+        // only: with taps or the offset init they keep the unfused sum, the same function with
+        // the round-off the demo's figures were made with.
+        let widens = B::WIDENS_FROZEN_WEIGHTS && self.weight.val().dtype() != x.dtype();
+        let use_fused = !dropout && (widens || (taps.is_none() && adapter.offset.is_none()));
         // s is applied to the small B (and B0) rather than to the [batch, seq, d_out] update:
         // one fewer full-size pass forward and backward.
         let scaled_b = adapter.lora_b.val().mul_scalar(adapter.scale); // [d_out, r]
-        if !dropout {
-            // `x W^T + s B A x` as one fused op (`KernelBackend::lora_linear`), forward and
-            // backward. Besides being faster, it never keeps a widened f32 copy of a bf16/f16 W
-            // for the backward, as a plain product under autodiff would: with taps or the
-            // offset init that kept every layer's, ~28 GiB at 8B.
+        let offset_term = |x_in: Tensor<B, 3>| {
+            adapter.offset.as_ref().map(|o| linear(linear(x_in, o.lora_a.val()), o.lora_b.val().mul_scalar(adapter.scale)))
+        };
+        let y = if use_fused {
+            // `x W^T + s B A x` as one op, forward and backward (`KernelBackend::lora_linear`).
             let [batch, seq, d_in] = x.dims();
             let (w, a, b) = (self.weight.val(), adapter.lora_a.val(), adapter.lora_b.val());
             let fused =
                 B::lora_linear(x.clone().reshape([batch * seq, d_in]), w, a, b, adapter.scale).reshape([batch, seq, self.dims()[0]]);
-            let y = match &adapter.offset {
-                Some(o) => fused - linear(linear(x.clone(), o.lora_a.val()), o.lora_b.val().mul_scalar(adapter.scale)),
+            match offset_term(x.clone()) {
+                Some(o) => fused - o,
                 None => fused,
+            }
+        } else {
+            let x_in = if dropout {
+                let keep = 1.0 - adapter.dropout;
+                let mask = Tensor::random(x.shape(), Distribution::Bernoulli(keep), &x.device());
+                x.clone() * mask.div_scalar(keep)
+            } else {
+                x.clone()
             };
-            let Some(taps) = taps else { return y };
-            // z enters y only through s B z, so the gradient of a zero probe added as
-            // `s B probe_z` is dL/dz, as if z itself were probed.
-            let z = linear(x.clone(), adapter.lora_a.val()); // [batch, seq, r]
-            let probe_z = Tensor::zeros(z.shape(), &z.device()).require_grad();
-            let y = y + linear(probe_z.clone(), scaled_b);
-            let probe_y = Tensor::zeros(y.shape(), &y.device()).require_grad();
-            taps.push(AdapterTap { path: adapter.path(), x: x.detach(), z: z.detach(), probe_y: probe_y.clone(), probe_z });
-            return y + probe_y;
-        }
-        assert!(taps.is_none(), "curvature capture runs without dropout");
-        // Training with dropout: the adapter reads a dropped-out copy of x, the base W the
-        // original, so the fused op does not apply.
-        let keep = 1.0 - adapter.dropout;
-        let mask = Tensor::random(x.shape(), Distribution::Bernoulli(keep), &x.device());
-        let x_in = x.clone() * mask.div_scalar(keep);
-        let update = linear(linear(x_in.clone(), adapter.lora_a.val()), scaled_b);
-        let update = match &adapter.offset {
-            Some(o) => update - linear(linear(x_in, o.lora_a.val()), o.lora_b.val().mul_scalar(adapter.scale)),
-            None => update,
+            let update = linear(linear(x_in.clone(), adapter.lora_a.val()), scaled_b.clone());
+            let update = match offset_term(x_in) {
+                Some(o) => update - o,
+                None => update,
+            };
+            frozen_linear(x.clone(), self.weight.val()) + update
         };
-        frozen_linear(x, self.weight.val()) + update
+        let Some(taps) = taps else { return y };
+        // z enters y only through `s B z`, so the gradient of a zero probe added as
+        // `s B probe_z` is dL/dz, as if z itself were probed (and y's value is unchanged).
+        let z = linear(x.clone(), adapter.lora_a.val()); // [batch, seq, r]
+        let probe_z = Tensor::zeros(z.shape(), &z.device()).require_grad();
+        let y = y + linear(probe_z.clone(), scaled_b);
+        let probe_y = Tensor::zeros(y.shape(), &y.device()).require_grad();
+        taps.push(AdapterTap { path: adapter.path(), x: x.detach(), z: z.detach(), probe_y: probe_y.clone(), probe_z });
+        y + probe_y
     }
 }
 

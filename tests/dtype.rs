@@ -101,6 +101,39 @@ fn bf16_training_gradients_equal_f32_gradients_of_the_same_weights() {
     assert!(diff / norm < bound, "relative gradient difference {} above {bound}", diff / norm);
 }
 
+/// The curvature capture reads the same function too: a kfac fit (empirical Fisher, so no
+/// label draws) on bf16 weights equals the fit on the f32 model of the same weights. In bf16
+/// the taps go through the fused LoRA op (a plain product would keep widened copies of
+/// every weight for the backward), in f32 through the unfused sum: this checks the one
+/// against the other.
+#[test]
+fn bf16_curvature_equals_f32_curvature_of_the_same_weights() {
+    use lalora::curvature::{Estimator, FisherType};
+    use lalora::laplace::{fit, LaplaceConfig, SourceData};
+    let dir = fixture("llama/bf16_shards");
+    let lora = LoraConfig { init: LoraInit::Offset, rank: 4, seed: 3, ..Default::default() };
+    let reference = Reference::load(&dir);
+    let sources = vec![SourceData { name: "reference".into(), sequences: (0..3).map(|i| Sequence::text(reference.row(i))).collect() }];
+    let config = LaplaceConfig::new()
+        .with_estimator(Estimator::Kfac)
+        .with_fisher(FisherType::Empirical)
+        .with_batch_size(3)
+        .with_batches_per_source(1);
+    let fitted = |dtype| {
+        let model = Llama::<TestAutodiff>::load_as(&dir, &device(), dtype).unwrap().with_adapters(&lora).unwrap();
+        fit(&model, &lora, &sources, &config, false).unwrap().0.curvature.unwrap()
+    };
+    let (expected, actual) = (fitted(WeightDtype::F32), fitted(WeightDtype::Bf16));
+    let bound = if <TestBackend as KernelBackend>::WIDENS_FROZEN_WEIGHTS { 1e-4 } else { 5e-2 };
+    for ((name, e), (_, a)) in expected.tensors().into_iter().zip(actual.tensors()) {
+        let (e, a) = (values(&e), values(&a));
+        let norm = e.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let diff = a.iter().zip(&e).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+        assert!(norm > 0.0, "{name} is zero");
+        assert!(diff <= bound * norm, "{name}: bf16 vs f32 relative difference {:.3e} above {bound}", diff / norm);
+    }
+}
+
 /// A merged bf16 model stays bf16, and its logits are the unmerged model's up to the bf16
 /// rounding of the merged weights.
 #[test]
