@@ -242,6 +242,28 @@ fn with_all_the_spectrum_kept_the_penalty_is_the_full_one() {
     assert_matches_matrix("kfac of rank <= k", &c, &joint(&x_a, &g_a, &x_b, &g_b, None), shapes, 1e-5, 4);
 }
 
+/// `U diag(s) U^T + diag(rem)` (or the dense factor) in f64.
+fn materialise(f: &lalora::curvature::Factor<AB>) -> Mat {
+    match f {
+        lalora::curvature::Factor::Dense(m) => Mat::from_tensor(m),
+        lalora::curvature::Factor::LowRank(f) => {
+            let (u, s, rem) = (Mat::from_tensor(&f.vectors), values(&f.values), values(&f.remainder));
+            add(&mul(&mul(&u, &diagonal(&s)), &transpose(&u)), &diagonal(&rem))
+        }
+    }
+}
+
+/// The joint (A, B) matrix of a compressed tri-kfac block, from its stored pieces, in f64.
+fn tri_kfac_joint(b: &lalora::curvature::LowRankBlock<AB>) -> Mat {
+    joint(
+        &materialise(&b.x_a),
+        &Mat::from_tensor(&b.g_a),
+        &Mat::from_tensor(&b.x_b),
+        &materialise(&b.g_b),
+        Some((&Mat::from_tensor(b.g_ab.as_ref().unwrap()), &Mat::from_tensor(b.x_ab.as_ref().unwrap()))),
+    )
+}
+
 #[test]
 fn compressed_tri_kfac_of_token_statistics_stays_psd() {
     // Factors as a fit makes them, from one set of tokens (x, z, g, h), so the full joint
@@ -265,24 +287,9 @@ fn compressed_tri_kfac_of_token_statistics_stays_psd() {
     for k in [1, 2, 4, 7] {
         let tri = TriKfacBlock { kfac: kfac_block("m", &x_a, &g_a, &x_b, &g_b), g_ab: tensor(&g_ab), x_ab: tensor(&x_ab) };
         let Curvature::LowRank(blocks) = compress_curvature(Curvature::TriKfac(vec![tri]), k).unwrap() else { panic!("compressed") };
-        let b = &blocks[0];
         // Materialise the stored pieces (U diag(s) U^T + diag(rem), and the mapped cross
         // factors) in f64 and check the joint matrix's spectrum.
-        let dense = |f: &lalora::curvature::Factor<AB>| match f {
-            lalora::curvature::Factor::Dense(m) => Mat::from_tensor(m),
-            lalora::curvature::Factor::LowRank(f) => {
-                let (u, s, rem) = (Mat::from_tensor(&f.vectors), values(&f.values), values(&f.remainder));
-                add(&mul(&mul(&u, &diagonal(&s)), &transpose(&u)), &diagonal(&rem))
-            }
-        };
-        let m = joint(
-            &dense(&b.x_a),
-            &Mat::from_tensor(&b.g_a),
-            &Mat::from_tensor(&b.x_b),
-            &dense(&b.g_b),
-            Some((&Mat::from_tensor(b.g_ab.as_ref().unwrap()), &Mat::from_tensor(b.x_ab.as_ref().unwrap()))),
-        );
-        let ratio = min_over_max(&m);
+        let ratio = min_over_max(&tri_kfac_joint(&blocks[0]));
         assert!(ratio >= -1e-5, "k={k}: compressed tri-kfac has min/max eigenvalue {ratio:.3e}");
     }
 }
@@ -302,17 +309,6 @@ fn fit_sketched(estimator: Estimator, factor_rank: Option<usize>, sketch: bool) 
         .with_factor_rank(factor_rank)
         .with_factor_sketch(sketch);
     fit(&model, &lora, &reference_rows("reference", &[0, 1, 2]), &config, false).unwrap().0
-}
-
-/// `U diag(s) U^T + diag(rem)` (or the dense factor) in f64.
-fn materialise(f: &lalora::curvature::Factor<AB>) -> Mat {
-    match f {
-        lalora::curvature::Factor::Dense(m) => Mat::from_tensor(m),
-        lalora::curvature::Factor::LowRank(f) => {
-            let (u, s, rem) = (Mat::from_tensor(&f.vectors), values(&f.values), values(&f.remainder));
-            add(&mul(&mul(&u, &diagonal(&s)), &transpose(&u)), &diagonal(&rem))
-        }
-    }
 }
 
 #[test]
@@ -349,13 +345,7 @@ fn a_narrow_sketch_keeps_the_trace_and_tri_kfac_psd() {
         let kfac = &f.kfac;
         let expected = kfac.trace();
         assert!((b.trace() - expected).abs() <= 1e-4 * expected, "{}: trace {} vs {expected}", b.path, b.trace());
-        let m = joint(
-            &materialise(&b.x_a),
-            &Mat::from_tensor(&b.g_a),
-            &Mat::from_tensor(&b.x_b),
-            &materialise(&b.g_b),
-            Some((&Mat::from_tensor(b.g_ab.as_ref().unwrap()), &Mat::from_tensor(b.x_ab.as_ref().unwrap()))),
-        );
+        let m = tri_kfac_joint(b);
         // nalgebra's eigensolver: the joint blocks are up to 2048 wide, too slow for Jacobi.
         let e = nalgebra::DMatrix::from_row_slice(m.rows, m.cols, &m.data).symmetric_eigenvalues();
         let max = e.iter().fold(0.0f64, |a, b| a.max(b.abs()));
@@ -459,13 +449,6 @@ fn memory_counts_compressed_factors() {
 #[test]
 fn randomized_eigenpairs_match_the_known_top_eigenspace() {
     use lalora::curvature::Factor;
-    let dense = |f: &Factor<AB>| match f {
-        Factor::Dense(m) => Mat::from_tensor(m),
-        Factor::LowRank(f) => {
-            let (u, s, rem) = (Mat::from_tensor(&f.vectors), values(&f.values), values(&f.remainder));
-            add(&mul(&mul(&u, &diagonal(&s)), &transpose(&u)), &diagonal(&rem))
-        }
-    };
     let mut rng = Normals(0x0bad_cafe);
     // Eigenvalues l_i = 3 (1 + i)^-1.5, block l = 2k + 8 = 18: the subspace error shrinks like
     // (l_18 / l_4)^(iterations + 1) = ((5/19)^1.5)^7 ~ 1e-6, so the kept part matches the known
@@ -473,10 +456,10 @@ fn randomized_eigenpairs_match_the_known_top_eigenspace() {
     let (d, k) = (48, 5);
     let m = known(d, k, 3.0, &mut rng);
     let (f, u) = Factor::compress_randomized(tensor::<AB>(&m.m), k);
-    assert_mat_close("randomized k=5 vs the known compression", &dense(&f), &m.compressed, 1e-4);
+    assert_mat_close("randomized k=5 vs the known compression", &materialise(&f), &m.compressed, 1e-4);
     assert_eq!(u.unwrap().basis.shape(), (d, k));
     // A factor of rank <= k is recovered exactly.
     let low = gram(3, d, &mut rng);
     let (f, _) = Factor::compress_randomized(tensor::<AB>(&low), k);
-    assert_mat_close("randomized, rank 3 <= k", &dense(&f), &low, 1e-5);
+    assert_mat_close("randomized, rank 3 <= k", &materialise(&f), &low, 1e-5);
 }
