@@ -401,15 +401,28 @@ impl<B: Backend> LowRankBlock<B> {
 /// [`Error::BadArgument`] for `factor_rank` 0, for a sum of curvatures (continual priors
 /// cannot hold compressed factors yet) and for a curvature that is compressed already.
 pub fn compress_curvature<B: Backend>(curvature: Curvature<B>, factor_rank: usize) -> Result<Curvature<B>> {
+    compress_factors_with(curvature, factor_rank, |m| Factor::compress(m, factor_rank))
+}
+
+/// Every kfac / tri-kfac block of `curvature` with its `X_A` and `G_B` replaced by
+/// `compress(factor)` (a compressed or dense factor and the map it applies to the cross
+/// factors): the one walk over the curvature that [`compress_curvature`] and
+/// [`super::sketch::sketch_curvature`] share. Errors as [`compress_curvature`]'s.
+pub(super) fn compress_factors_with<B: Backend>(
+    curvature: Curvature<B>,
+    factor_rank: usize,
+    compress: impl Fn(Tensor<B, 2>) -> (Factor<B>, Option<Projection>),
+) -> Result<Curvature<B>> {
     if factor_rank == 0 {
         return Err(Error::arg("factor-rank", "must be at least 1 (0 means full factors: do not compress)"));
     }
+    let block = |b: KfacBlock<B>, cross| LowRankBlock::assemble(b.path, compress(b.x_a), b.g_a, b.x_b, compress(b.g_b), cross);
     Ok(match curvature {
         Curvature::Diag(b) => Curvature::Diag(b),
-        Curvature::Kfac(b) => Curvature::LowRank(b.into_iter().map(|x| LowRankBlock::compress(x, None, factor_rank)).collect()),
-        Curvature::TriKfac(b) => Curvature::LowRank(
-            b.into_iter().map(|x: TriKfacBlock<B>| LowRankBlock::compress(x.kfac, Some((x.g_ab, x.x_ab)), factor_rank)).collect(),
-        ),
+        Curvature::Kfac(b) => Curvature::LowRank(b.into_iter().map(|x| block(x, None)).collect()),
+        Curvature::TriKfac(b) => {
+            Curvature::LowRank(b.into_iter().map(|x: TriKfacBlock<B>| block(x.kfac, Some((x.g_ab, x.x_ab)))).collect())
+        }
         Curvature::Sum(_) => return Err(sum_unsupported()),
         Curvature::LowRank(_) => return Err(Error::arg("factor-rank", "the curvature is compressed already")),
     })

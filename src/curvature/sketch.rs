@@ -26,9 +26,9 @@ use burn::tensor::{backend::Backend, Tensor};
 use nalgebra::DMatrix;
 
 use super::accumulate::add;
-use super::low_rank::{gaussian, is_compressed, low_rank, sum_unsupported, to_device, to_host, top_pairs, Factor, Projection};
-use super::{Curvature, LowRankBlock};
-use crate::error::{Error, Result};
+use super::low_rank::{compress_factors_with, gaussian, is_compressed, low_rank, to_device, to_host, top_pairs, Factor, Projection};
+use super::Curvature;
+use crate::error::Result;
 
 /// Columns of the test matrix of a `[d, d]` factor sketched for factor rank k.
 pub fn sketch_width(d: usize, k: usize) -> usize {
@@ -118,35 +118,15 @@ impl<B: Backend> FactorSketch<B> {
 /// measure the sketch against the full factors of one fit.
 ///
 /// # Errors
-/// [`Error::BadArgument`] for k = 0, a sum of curvatures or one compressed already.
+/// [`crate::Error::BadArgument`] for k = 0, a sum of curvatures or one compressed already.
 pub fn sketch_curvature<B: Backend>(curvature: Curvature<B>, k: usize) -> Result<Curvature<B>> {
-    if k == 0 {
-        return Err(Error::arg("factor-rank", "must be at least 1"));
-    }
-    let factor = |m: Tensor<B, 2>| {
+    compress_factors_with(curvature, k, |m| {
         if is_compressed(m.dims()[0], Some(k)) {
             let (f, map) = FactorSketch::of_dense(m, k).finish(1.0, k);
             (f, Some(map))
         } else {
             (Factor::Dense(m), None)
         }
-    };
-    Ok(match curvature {
-        Curvature::Diag(b) => Curvature::Diag(b),
-        Curvature::Kfac(blocks) => Curvature::LowRank(
-            blocks.into_iter().map(|b| LowRankBlock::assemble(b.path, factor(b.x_a), b.g_a, b.x_b, factor(b.g_b), None)).collect(),
-        ),
-        Curvature::TriKfac(blocks) => Curvature::LowRank(
-            blocks
-                .into_iter()
-                .map(|t| {
-                    let b = t.kfac;
-                    LowRankBlock::assemble(b.path, factor(b.x_a), b.g_a, b.x_b, factor(b.g_b), Some((t.g_ab, t.x_ab)))
-                })
-                .collect(),
-        ),
-        Curvature::Sum(_) => return Err(sum_unsupported()),
-        Curvature::LowRank(_) => return Err(Error::arg("factor-rank", "the curvature is compressed already")),
     })
 }
 
