@@ -14,6 +14,7 @@ use burn::tensor::{backend::Backend, IndexingUpdateOp, Int, Tensor};
 
 use crate::lora::frozen_linear;
 use crate::KernelBackend;
+use lalora_backends::HEAD_ROWS_PER_WIDENING;
 
 /// Negative log-likelihood of each position's target, zero where `loss_mask` is zero.
 ///
@@ -75,11 +76,6 @@ impl<B: Backend> HeadOutput<B> {
 pub fn hidden_grad<B: KernelBackend>(head: Tensor<B, 2>, logit_grad: Tensor<B, 3>) -> Tensor<B, 3> {
     hidden_grad_in_blocks(head, logit_grad, HEAD_ROWS_PER_WIDENING)
 }
-
-/// Head rows widened to f32 at a time where the backend widens a bf16/f16 head
-/// ([`KernelBackend::WIDENS_FROZEN_WEIGHTS`]): the whole head would be 2 GiB of f32 at 8B,
-/// 8192 rows are 128 MiB. The training loss kernel widens in the same blocks.
-const HEAD_ROWS_PER_WIDENING: usize = 8192;
 
 /// Whether the head is multiplied `rows` at a time: only where a half-precision head would
 /// otherwise be widened whole.

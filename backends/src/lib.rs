@@ -24,7 +24,7 @@ compile_error!("lalora-backends needs one backend feature: flex, ndarray, wgpu o
 pub use burn::backend::Autodiff;
 
 pub mod kernels;
-pub use kernels::{frozen_matmul, AttentionMask, KernelAutodiffBackend, KernelBackend};
+pub use kernels::{frozen_matmul, AttentionMask, KernelAutodiffBackend, KernelBackend, HEAD_ROWS_PER_WIDENING};
 
 /// burn's portable CPU backend (gemm-based, multi-threaded). The default.
 #[cfg(feature = "flex")]

@@ -265,6 +265,12 @@ pub trait KernelBackend: Backend {
     }
 }
 
+/// Rows of a bf16/f16 LM head widened to f32 at a time where a backend widens frozen weights
+/// ([`KernelBackend::WIDENS_FROZEN_WEIGHTS`]): the whole head would be 2 GiB of f32 at 8B,
+/// 8192 x 4096 f32 is 128 MiB. flex's training loss kernel and lalora's eval and capture head
+/// products use the same blocks.
+pub const HEAD_ROWS_PER_WIDENING: usize = 8192;
+
 /// `lhs W^T` (`transpose`) or `lhs W` for a frozen weight `W` that may be stored in a narrower
 /// float type than `lhs`; the result has `lhs`'s type. See [`KernelBackend`] for the two ways.
 pub fn frozen_matmul<B: KernelBackend>(lhs: Tensor<B, 2>, weight: Tensor<B, 2>, transpose: bool) -> Tensor<B, 2> {

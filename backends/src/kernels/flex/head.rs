@@ -111,8 +111,8 @@ pub fn head_loss(h: &[f32], w: &[f32], targets: &[i64], weights: &[f32], d: usiz
     }
 }
 
-/// Head rows widened at a time by [`head_loss_chunked`]: 8192 x 4096 f32 is 128 MiB.
-const VOCAB_CHUNK: usize = 8192;
+/// Head rows widened at a time by [`head_loss_chunked`].
+const VOCAB_CHUNK: usize = crate::kernels::HEAD_ROWS_PER_WIDENING;
 
 /// [`head_loss`] without the head gradient, for a head stored in bf16 or f16 that
 /// `widen_rows(v0, v1, out)` converts to f32 [`VOCAB_CHUNK`] rows at a time, so no f32 copy of
